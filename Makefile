@@ -1,0 +1,34 @@
+# Everything runs from the project's own virtual environment, created on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test compare lint format clean
+
+venv: $(STAMP)
+
+# torch==2.13.0 is pinned in constraints.txt: that exact version is the local CPU wheel;
+# any other version pulls gigabytes of CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest
+
+compare: venv
+	$(VENV)/bin/funcmod compare
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
