@@ -1,0 +1,247 @@
+"""Numerical parity between a PyTorch module and its Flax port.
+
+``check_parity`` runs both on the same inputs and compares, leaf by leaf (``funcmod.tree``):
+
+* the forward output;
+* the gradient of ``sum(output * cotangent)`` (a fixed random cotangent, so every output element
+  contributes) with respect to every input and every parameter.
+
+Images are handled in PyTorch's layout: inputs are given NCHW and transposed to NHWC for the
+port; the port's outputs and input gradients are transposed back before comparing, and parameter
+gradients are mapped to Flax's layout by the conversion rules.
+
+Run it in float32 (float32 inputs, a float32 module) or in float64 (float64 inputs, a
+``module.double()`` twin, inside ``with jax.enable_x64(True):``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import linen as nn
+
+from funcmod.convert import torch_grads_to_flax
+from funcmod.layout import to_channels_first, to_channels_last
+from funcmod.tree import LeafDiff, compare_trees, leaves_with_paths
+
+__all__ = ["DEFAULT_RTOL", "ParityReport", "check_example", "check_parity"]
+
+# The targets parity is held to: max relative error per leaf (see funcmod.tree).
+DEFAULT_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Forward and gradient errors of a port against its twin, per leaf."""
+
+    name: str
+    dtype: str
+    rtol: float
+    atol: float
+    forward: list[LeafDiff] = field(default_factory=list)
+    grads: list[LeafDiff] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.forward + self.grads)
+
+    @staticmethod
+    def _max(diffs: list[LeafDiff], attr: str) -> float:
+        return max((getattr(d, attr) for d in diffs), default=0.0)
+
+    @property
+    def forward_max_abs(self) -> float:
+        return self._max(self.forward, "max_abs")
+
+    @property
+    def forward_max_rel(self) -> float:
+        return self._max(self.forward, "max_rel")
+
+    @property
+    def grad_max_abs(self) -> float:
+        return self._max(self.grads, "max_abs")
+
+    @property
+    def grad_max_rel(self) -> float:
+        return self._max(self.grads, "max_rel")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "ok": self.ok,
+            "forward": [d.to_dict() for d in self.forward],
+            "grads": [d.to_dict() for d in self.grads],
+        }
+
+    def __str__(self) -> str:
+        status = "PASS" if self.ok else "FAIL"
+        lines = [f"{self.name} [{self.dtype}] {status} (rtol {self.rtol:g})"]
+        for kind, diffs in (("forward", self.forward), ("grad", self.grads)):
+            for d in diffs:
+                mark = "ok  " if d.ok else "FAIL"
+                lines.append(
+                    f"  {mark} {kind:7} {d.path:32} {d.shape!s:18} "
+                    f"max abs {d.max_abs:.2e}  max rel {d.max_rel:.2e}"
+                )
+        return "\n".join(lines)
+
+
+def _float_dtype(inputs: Sequence[np.ndarray]) -> np.dtype:
+    dtypes = {np.asarray(a).dtype for a in inputs}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in DEFAULT_RTOL:
+        raise ValueError(
+            f"inputs must all be float32 or all float64, got dtypes {sorted(map(str, dtypes))}"
+        )
+    return next(iter(dtypes))
+
+
+def _check_variables_dtype(variables: Any, dtype: np.dtype) -> None:
+    wrong = {
+        path: str(leaf.dtype)
+        for path, leaf in leaves_with_paths(variables).items()
+        if np.dtype(leaf.dtype) != dtype
+    }
+    if wrong:
+        raise ValueError(f"inputs are {dtype} but these variables are not: {wrong}")
+
+
+def check_parity(
+    torch_module: torch.nn.Module,
+    flax_module: nn.Module,
+    variables: Any,
+    inputs: Sequence[np.ndarray],
+    *,
+    input_layouts: Sequence[str | None] | None = None,
+    output_layout: str | None = None,
+    input_names: Sequence[str] | None = None,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    seed: int = 0,
+    name: str | None = None,
+) -> ParityReport:
+    """Compare forward outputs and all gradients of ``torch_module`` and ``flax_module``.
+
+    Args:
+      torch_module: the PyTorch module, in the dtype of ``inputs``. Its ``.grad`` fields are
+        cleared afterwards; its weights are not touched.
+      flax_module, variables: the port and its variables (typically ``torch_to_flax(module)``).
+      inputs: numpy arrays in PyTorch's layout, all float32 or all float64.
+      input_layouts: per input, ``'NCHW'`` (or ``'NCL'``, ``'NCDHW'``) for an image, else None.
+      output_layout: the output's layout, as for the inputs.
+      input_names: labels for the input gradients (default ``x0, x1, ...``).
+      rtol: the max relative error allowed per leaf; default 1e-5 (float32) or 1e-12 (float64).
+      atol: a leaf also passes when its max absolute error is at most ``atol``.
+      seed: seeds the random cotangent.
+      name: the report's title (default: the Flax module's class name).
+
+    Returns:
+      A ``ParityReport`` with the max absolute and relative error of every leaf.
+    """
+    inputs = [np.asarray(a) for a in inputs]
+    dtype = _float_dtype(inputs)
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "float64 parity needs 64-bit JAX: run it inside `with jax.enable_x64(True):`"
+        )
+    _check_variables_dtype(variables, dtype)
+    layouts = list(input_layouts) if input_layouts is not None else [None] * len(inputs)
+    names = list(input_names) if input_names is not None else [f"x{i}" for i in range(len(inputs))]
+    if not len(layouts) == len(names) == len(inputs):
+        raise ValueError(
+            f"got {len(inputs)} inputs but {len(layouts)} layouts and {len(names)} names"
+        )
+    rtol = DEFAULT_RTOL[dtype] if rtol is None else rtol
+
+    # PyTorch: forward, then backward of sum(out * cotangent).
+    torch_inputs = [torch.from_numpy(a.copy()).requires_grad_(True) for a in inputs]
+    torch_module.zero_grad(set_to_none=True)
+    torch_out = torch_module(*torch_inputs)
+    cotangent = np.random.default_rng(seed).standard_normal(tuple(torch_out.shape)).astype(dtype)
+    (torch_out * torch.from_numpy(cotangent)).sum().backward()
+    torch_grads = {
+        **torch_grads_to_flax(torch_module),
+        **{n: x.grad.numpy() for n, x in zip(names, torch_inputs, strict=True)},
+    }
+    torch_out = torch_out.detach().numpy()
+    torch_module.zero_grad(set_to_none=True)
+
+    # Flax: the same loss, differentiated with respect to the params and every input.
+    params = variables.get("params", {})
+    others = {k: v for k, v in variables.items() if k != "params"}
+    flax_inputs = [
+        jnp.asarray(to_channels_last(a, lay)) for a, lay in zip(inputs, layouts, strict=True)
+    ]
+
+    def loss(params, xs):
+        out = flax_module.apply({**others, "params": params}, *xs)
+        out = to_channels_first(out, output_layout)  # NHWC -> NCHW
+        return jnp.sum(out * cotangent), out
+
+    (_, flax_out), (g_params, g_inputs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        params, flax_inputs
+    )
+    flax_grads = {"params": g_params} if params else {}
+    for n, g, lay in zip(names, g_inputs, layouts, strict=True):
+        flax_grads[n] = to_channels_first(g, lay)  # NHWC -> NCHW
+    if not params:
+        torch_grads.pop("params", None)
+
+    return ParityReport(
+        name=name or type(flax_module).__name__,
+        dtype=dtype.name,
+        rtol=rtol,
+        atol=atol,
+        forward=compare_trees({"output": flax_out}, {"output": torch_out}, rtol=rtol, atol=atol),
+        grads=compare_trees(flax_grads, torch_grads, rtol=rtol, atol=atol),
+    )
+
+
+def check_example(
+    example: Any,
+    *,
+    dtype: Any = np.float32,
+    batch: int = 4,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> ParityReport:
+    """Parity of one seed example: a seeded twin, its weights converted, random inputs.
+
+    Args:
+      example: a ``funcmod.catalog.Example`` or its name (``'MLP'``).
+      dtype: ``np.float32`` or ``np.float64`` (float64 runs inside ``jax.enable_x64(True)``).
+      batch: the batch size of the random inputs.
+      seed: seeds the twin's initialisation, the inputs and the cotangent.
+      image_size: height and width of image inputs (default: the example's own).
+    """
+    from funcmod.catalog import EXAMPLES
+    from funcmod.convert import torch_to_flax
+
+    ex = EXAMPLES[example] if isinstance(example, str) else example
+    dtype = np.dtype(dtype)
+    torch_dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
+    torch.manual_seed(seed)
+    twin = ex.torch_module(torch_dtype)
+    x64 = jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
+    with x64:
+        inputs = ex.make_inputs(np.random.default_rng(seed), batch, dtype, image_size)
+        return check_parity(
+            twin,
+            ex.flax_module(param_dtype=dtype),
+            torch_to_flax(twin),
+            inputs,
+            input_layouts=ex.input_layouts,
+            output_layout=ex.output_layout,
+            input_names=ex.input_names,
+            seed=seed,
+            name=ex.name,
+        )
