@@ -47,10 +47,10 @@ from torch import nn
 __all__ = [
     "RULES",
     "ConversionError",
-    "check_against_template",
     "LayerRule",
     "LeafRule",
     "LoadResult",
+    "check_against_template",
     "flax_to_torch",
     "register_rule",
     "torch_grads_to_flax",
@@ -262,10 +262,8 @@ def _walk(module: nn.Module, flax_prefix: Path, torch_prefix: str, out: list[_En
     for name, child in module._modules.items():
         if child is None:
             continue
-        if isinstance(module, nn.Sequential):
-            flax_name = f"layers_{name}"  # Sequential's '0', '1', ... -> Flax's layers_0, ...
-        else:
-            flax_name = name
+        # Sequential's children '0', '1', ... are Flax's layers_0, layers_1, ...
+        flax_name = f"layers_{name}" if isinstance(module, nn.Sequential) else name
         if isinstance(child, nn.ModuleList | nn.ModuleDict):
             # A list/dict attribute `blocks` in Flax's setup names its elements blocks_0, ...
             for key, grandchild in child._modules.items():

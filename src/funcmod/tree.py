@@ -29,7 +29,7 @@ __all__ = [
 
 
 def path_str(keypath: Sequence[Any]) -> str:
-    """``(DictKey('params'), DictKey('linear1'), DictKey('kernel'))`` -> ``'params/linear1/kernel'``."""
+    """A key path as a string: ``(DictKey('params'), DictKey('fc'))`` -> ``'params/fc'``."""
     parts = []
     for k in keypath:
         if isinstance(k, jax.tree_util.DictKey):
