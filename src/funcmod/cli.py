@@ -1,0 +1,124 @@
+"""The ``funcmod`` command line.
+
+``funcmod compare`` runs every seed example's PyTorch twin and Flax port side by side and prints
+one row per example: parameter count, forward and gradient errors in float32 and float64, and
+whether each is within its target. ``--json`` prints the same as JSON. The exit status is 1 when
+any example fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from funcmod.catalog import EXAMPLES
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _compare_example(name: str, dtypes: Sequence[str], batch: int, seed: int) -> dict[str, Any]:
+    from funcmod.convert import torch_to_flax
+    from funcmod.parity import check_example
+    from funcmod.tree import count_params
+
+    ex = EXAMPLES[name]
+    twin = ex.torch_module()
+    torch_count = sum(p.numel() for p in twin.parameters())
+    flax_count = count_params(torch_to_flax(twin))
+    row: dict[str, Any] = {
+        "example": name,
+        "params_flax": flax_count,
+        "params_torch": torch_count,
+        "ok": flax_count == torch_count,
+        "parity": {},
+    }
+    for dt in dtypes:
+        report = check_example(ex, dtype=DTYPES[dt], batch=batch, seed=seed)
+        row["parity"][dt] = {
+            "ok": report.ok,
+            "rtol": report.rtol,
+            "forward_max_abs": report.forward_max_abs,
+            "forward_max_rel": report.forward_max_rel,
+            "grad_max_abs": report.grad_max_abs,
+            "grad_max_rel": report.grad_max_rel,
+            "leaves": report.to_dict()["forward"] + report.to_dict()["grads"],
+        }
+        row["ok"] = row["ok"] and report.ok
+    return row
+
+
+def _print_table(rows: list[dict[str, Any]], dtypes: Sequence[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="PyTorch twin vs Flax port: max relative error over leaves")
+    table.add_column("example", no_wrap=True)
+    table.add_column("params", justify="right")
+    for dt in dtypes:
+        short = dt.replace("float", "f")
+        table.add_column(f"fwd {short}", justify="right")
+        table.add_column(f"grad {short}", justify="right")
+    table.add_column("result")
+    for row in rows:
+        params = str(row["params_flax"])
+        if row["params_flax"] != row["params_torch"]:
+            params += f" (torch {row['params_torch']})"
+        cells = [row["example"], params]
+        for dt in dtypes:
+            p = row["parity"][dt]
+            cells += [f"{p['forward_max_rel']:.1e}", f"{p['grad_max_rel']:.1e}"]
+        cells.append("[green]PASS[/]" if row["ok"] else "[red]FAIL[/]")
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    targets = ", ".join(f"{dt} <= {rows[0]['parity'][dt]['rtol']:g}" for dt in dtypes)
+    passed = sum(r["ok"] for r in rows)
+    console.print(f"targets: {targets}.  {passed} of {len(rows)} examples pass.")
+
+
+def compare(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("funcmod compare needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
+        return 2
+    unknown = [n for n in args.examples if n not in EXAMPLES]
+    if unknown:
+        print(f"unknown examples {unknown}; choose from {list(EXAMPLES)}", file=sys.stderr)
+        return 2
+    names = args.examples or list(EXAMPLES)
+    rows = [_compare_example(n, args.dtypes, args.batch, args.seed) for n in names]
+    if args.json:
+        print(json.dumps({"examples": rows, "ok": all(r["ok"] for r in rows)}, indent=2))
+    else:
+        _print_table(rows, args.dtypes)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="funcmod", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare", help="parity of every seed example, PyTorch twin vs Flax port")
+    p.add_argument("examples", nargs="*", help=f"examples to run (default: all: {list(EXAMPLES)})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="dtypes to check"
+    )
+    p.add_argument("--batch", type=int, default=4, help="batch size of the random inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and cotangent")
+    p.set_defaults(func=compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
