@@ -289,7 +289,7 @@ def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C", copy=True)  # writable and contiguous (jax's buffers are read-only)
     if a.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
