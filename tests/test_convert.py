@@ -415,12 +415,6 @@ class _SequentialWithLayers0(torch.nn.Sequential):
         self.layers_0 = torch.nn.Parameter(torch.zeros(3))  # -> params/layers_0 (a leaf)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug in convert._entries: a leaf that is also a subtree's prefix is not detected "
-    "and unflatten_dict fails with an unrelated TypeError",
-)
 def test_leaf_colliding_with_a_subtree_is_a_conversion_error():
     with pytest.raises(ConversionError, match="layers_0"):
         torch_to_flax(_SequentialWithLayers0())

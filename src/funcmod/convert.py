@@ -228,6 +228,13 @@ def _entries(module: nn.Module) -> list[_Entry]:
                 f"{seen[e.flax_path]!r} and {e.torch_key!r}; rename one of them"
             )
         seen[e.flax_path] = e.torch_key
+    for path, key in seen.items():  # a leaf where another tensor needs a subtree
+        for n in range(2, len(path)):
+            if path[:n] in seen:
+                raise ConversionError(
+                    f"Flax key {_path_str(path[:n])} (torch {seen[path[:n]]!r}) is a leaf, but "
+                    f"{_path_str(path)} (torch {key!r}) needs it to be a subtree; rename one"
+                )
     return entries
 
 

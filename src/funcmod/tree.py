@@ -11,7 +11,7 @@ crosses zero (a ReLU output, a gradient that vanishes), which every layer here p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ def leaves_with_paths(tree: Any) -> dict[str, Any]:
 def count_params(variables: Any) -> int:
     """Number of scalars in ``variables['params']`` (or in the whole tree if it has no 'params'),
     the number PyTorch's ``sum(p.numel() for p in module.parameters())`` gives."""
-    tree = variables.get("params", variables) if isinstance(variables, dict) else variables
+    tree = variables.get("params", variables) if isinstance(variables, Mapping) else variables
     return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
@@ -77,8 +77,9 @@ def _leaf_diff(path: str, actual: Any, expected: Any, rtol: float, atol: float) 
         raise ValueError(f"{path}: shapes differ: actual {a.shape}, expected {b.shape}")
     if a.size == 0:
         return LeafDiff(path, a.shape, 0.0, 0.0, True)
-    both_nan = np.isnan(a) & np.isnan(b)
-    diff = np.where(both_nan, 0.0, np.abs(a - b))
+    same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaN pairs agree
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(a - b))
     max_abs = float(np.max(np.where(np.isnan(diff), np.inf, diff)))
     finite_b = np.abs(b[np.isfinite(b)])
     scale = float(finite_b.max()) if finite_b.size else 0.0
