@@ -32,6 +32,7 @@ __all__ = [
     "MLP",
     "CustomLinear",
     "CustomModule",
+    "DigitsCNN",
     "MultiplyByTwo",
     "RiskyModule",
     "SequentialModel",
@@ -303,3 +304,32 @@ class SequentialModel(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+class DigitsCNN(nn.Module):
+    """``SimpleCNN`` with a linear classifier on top, for 8x8 digits (not a seed example).
+
+    ``cnn`` is a ``SimpleCNN(in_channels, channels)``; ``head`` maps its flattened feature map
+    to ``classes`` logits. The feature map is put back in PyTorch's channel-first order before it
+    is flattened, so ``head``'s kernel is the transpose of the twin's ``head.weight``: flattening
+    NHWC directly would order the features differently and the weights would not carry over.
+
+    Input ``x``: (N, H, W, in_channels), NHWC. Returns (N, classes).
+    """
+
+    in_channels: int = 1
+    channels: int = 16
+    image_size: int = 8
+    classes: int = 10
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.cnn = SimpleCNN(self.in_channels, self.channels, param_dtype=self.param_dtype)
+        features = self.channels * self.image_size * self.image_size
+        self.head = torch_like_dense(features, self.classes, self.param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.cnn(x)  # (N, H, W, C)
+        h = jnp.transpose(h, (0, 3, 1, 2))  # NHWC -> NCHW, PyTorch's flatten order
+        h = h.reshape(h.shape[0], -1)  # (N, C, H, W) -> (N, C*H*W)
+        return self.head(h)

@@ -14,6 +14,7 @@ __all__ = [
     "MLP",
     "CustomLinear",
     "CustomModule",
+    "DigitsCNN",
     "MultiplyByTwo",
     "RiskyModule",
     "SequentialModel",
@@ -134,3 +135,18 @@ class SequentialModel(nn.Sequential):
             nn.ReLU(),
             nn.Linear(hidden_size, output_size),
         )
+
+
+class DigitsCNN(nn.Module):
+    """``SimpleCNN`` with a linear classifier on top, for 8x8 digits (not a seed example)."""
+
+    def __init__(
+        self, in_channels: int = 1, channels: int = 16, image_size: int = 8, classes: int = 10
+    ):
+        super().__init__()
+        self.cnn = SimpleCNN(in_channels, channels)
+        self.head = nn.Linear(channels * image_size * image_size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.cnn(x)  # (N, C, H, W)
+        return self.head(h.flatten(1))  # (N, C*H*W)
