@@ -1,0 +1,148 @@
+"""Every python code block in the documents runs, and its assertions hold.
+
+A document is split into sections at its ``## `` headings. The blocks of one section run in
+order in one namespace, after the blocks that come before the first ``## `` heading (the
+document's preamble, typically its imports). Each section is one test, so a failure names the
+document and the section, and the traceback points at the markdown line.
+
+The blocks run under the test suite's strict JAX configuration (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")  # the documents put PyTorch next to Flax
+
+DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
+DOCS = ["migration.md"]
+RUN_TAGS = {"python"}  # the tag of every block that runs
+# Tags that look like python but would be skipped: a block written with one fails the suite.
+SUSPICIOUS_TAGS = {"py", "python3", "py3", "pycon", "ipython", "pytest"}
+FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)")
+
+
+@dataclass(frozen=True)
+class Block:
+    doc: str
+    section: str
+    line: int  # 1-based line of the first line of code
+    tag: str
+    code: str
+
+
+def parse(path: Path) -> list[Block]:
+    """The fenced code blocks of a markdown file, with their section and line number."""
+    blocks: list[Block] = []
+    section = ""
+    fence: str | None = None
+    tag, start, lines = "", 0, []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if fence is None:
+            m = FENCE.match(line)
+            if m:
+                fence, tag, start, lines = m.group(1), m.group(2).lower(), i + 1, []
+            elif line.startswith("## "):
+                section = line[3:].strip()
+        elif line.strip() == fence:
+            blocks.append(Block(path.name, section, start, tag, "\n".join(lines)))
+            fence = None
+        else:
+            lines.append(line)
+    if fence is not None:
+        raise ValueError(f"{path.name}:{start - 1}: unclosed code fence")
+    return blocks
+
+
+def _sections() -> list[tuple[str, str]]:
+    out = []
+    for doc in DOCS:
+        path = DOCS_DIR / doc
+        if not path.exists():  # reported by test_every_document_has_runnable_blocks
+            continue
+        seen = []
+        for b in parse(path):
+            if b.tag in RUN_TAGS and b.section and b.section not in seen:
+                seen.append(b.section)
+        out += [(doc, s) for s in seen]
+    return out
+
+
+def run_blocks(blocks: list[Block], module_name: str = "funcmod_docs") -> dict:
+    """Run the blocks in order in the namespace of a fresh module; return the namespace.
+
+    The module is registered in ``sys.modules`` while the blocks run, because classes defined
+    in them (dataclasses, Flax modules) look their module up there.
+    """
+    module = types.ModuleType(module_name)
+    sys.modules[module_name] = module
+    try:
+        for b in blocks:
+            # Pad with newlines so tracebacks give the block's line numbers in the markdown
+            # file; dont_inherit keeps this file's `from __future__ import annotations` out.
+            source = "\n" * (b.line - 1) + b.code
+            exec(compile(source, str(DOCS_DIR / b.doc), "exec", dont_inherit=True), vars(module))
+    finally:
+        del sys.modules[module_name]
+    return vars(module)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"\W+", "-", text).strip("-")
+
+
+@pytest.mark.parametrize(("doc", "section"), _sections(), ids=_slug)
+def test_section_runs(doc, section):
+    blocks = [b for b in parse(DOCS_DIR / doc) if b.tag in RUN_TAGS]
+    preamble = [b for b in blocks if not b.section]
+    body = [b for b in blocks if b.section == section]
+    run_blocks(preamble + body, f"funcmod_docs_{_slug(doc + '-' + section).replace('-', '_')}")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_document_has_runnable_blocks(doc):
+    path = DOCS_DIR / doc
+    assert path.exists(), f"{path} is missing"
+    blocks = parse(path)
+    assert any(b.tag in RUN_TAGS for b in blocks), f"{doc} has no python block"
+    skipped = [f"{doc}:{b.line - 1} ```{b.tag}" for b in blocks if b.tag in SUSPICIOUS_TAGS]
+    assert not skipped, f"python-like blocks that would not run (tag them python): {skipped}"
+    headings = [
+        line[3:].strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("## ")
+    ]
+    duplicates = sorted({h for h in headings if headings.count(h) > 1})
+    assert not duplicates, f"{doc}: sections share a heading, their blocks would mix: {duplicates}"
+
+
+def test_parser_finds_sections_lines_and_tags(tmp_path):
+    md = tmp_path / "x.md"
+    md.write_text(
+        "# T\n```python\nimport math\n```\n## A\ntext\n```python\nx = 1\ny = 2\n```\n"
+        "## B\n```bash\nls\n```\n````python\nz = '```'\n````\n",
+        encoding="utf-8",
+    )
+    blocks = parse(md)
+    assert [(b.section, b.line, b.tag) for b in blocks] == [
+        ("", 3, "python"),
+        ("A", 8, "python"),
+        ("B", 13, "bash"),
+        ("B", 16, "python"),
+    ]
+    assert blocks[1].code == "x = 1\ny = 2"
+    assert blocks[3].code == "z = '```'"
+
+
+def test_a_failing_block_fails_with_its_markdown_line(tmp_path):
+    md = tmp_path / "bad.md"
+    md.write_text("## S\n\n```python\nx = 1\nassert x == 2, 'wrong'\n```\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="wrong") as info:
+        run_blocks([b for b in parse(md) if b.tag == "python"])
+    assert info.traceback[-1].lineno + 1 == 5  # pytest's lineno is 0-based
