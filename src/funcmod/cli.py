@@ -2,8 +2,10 @@
 
 ``funcmod compare`` runs every seed example's PyTorch twin and Flax port side by side and prints
 one row per example: parameter count, forward and gradient errors in float32 and float64, and
-whether each is within its target. ``--json`` prints the same as JSON. The exit status is 1 when
-any example fails.
+whether each is within its target. ``--steps N`` adds a training column: the max relative
+parameter error over N steps of SGD with momentum, Adam and AdamW (the worst of the three),
+torch.optim against its optax translation. ``--json`` prints the same as JSON. The exit status
+is 1 when any example fails.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from funcmod.catalog import EXAMPLES
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
-def _compare_example(name: str, dtypes: Sequence[str], batch: int, seed: int) -> dict[str, Any]:
+def _compare_example(
+    name: str, dtypes: Sequence[str], batch: int, seed: int, steps: int
+) -> dict[str, Any]:
     from funcmod.convert import torch_to_flax
     from funcmod.parity import check_example
     from funcmod.tree import count_params
@@ -49,10 +53,37 @@ def _compare_example(name: str, dtypes: Sequence[str], batch: int, seed: int) ->
             "leaves": report.to_dict()["forward"] + report.to_dict()["grads"],
         }
         row["ok"] = row["ok"] and report.ok
+    if steps and ex.trainable:
+        row["training"] = {dt: _train_example(ex, DTYPES[dt], batch, seed, steps) for dt in dtypes}
+        row["ok"] = row["ok"] and all(t["ok"] for t in row["training"].values())
     return row
 
 
-def _print_table(rows: list[dict[str, Any]], dtypes: Sequence[str]) -> None:
+def _train_example(ex: Any, dtype: Any, batch: int, seed: int, steps: int) -> dict[str, Any]:
+    from funcmod.trajectory import OPTIMIZERS, check_trajectory
+
+    runs = {}
+    for opt in OPTIMIZERS:
+        report = check_trajectory(
+            ex, optimizer=opt, steps=steps, dtype=dtype, seed=seed, batch=batch
+        )
+        runs[opt] = {
+            "ok": report.ok,
+            "rtol": report.rtol,
+            "max_rel": report.max_rel,
+            "final": [d.to_dict() for d in report.final],
+            "loss_max_rel": None if report.loss is None else report.loss.max_rel,
+        }
+    return {
+        "ok": all(r["ok"] for r in runs.values()),
+        "steps": steps,
+        "rtol": next(iter(runs.values()))["rtol"],
+        "max_rel": max(r["max_rel"] for r in runs.values()),
+        "optimizers": runs,
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], dtypes: Sequence[str], steps: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -63,6 +94,9 @@ def _print_table(rows: list[dict[str, Any]], dtypes: Sequence[str]) -> None:
         short = dt.replace("float", "f")
         table.add_column(f"fwd {short}", justify="right")
         table.add_column(f"grad {short}", justify="right")
+    if steps:
+        for dt in dtypes:
+            table.add_column(f"train {dt.replace('float', 'f')}", justify="right")
     table.add_column("result")
     for row in rows:
         params = str(row["params_flax"])
@@ -72,13 +106,26 @@ def _print_table(rows: list[dict[str, Any]], dtypes: Sequence[str]) -> None:
         for dt in dtypes:
             p = row["parity"][dt]
             cells += [f"{p['forward_max_rel']:.1e}", f"{p['grad_max_rel']:.1e}"]
+        if steps:
+            training = row.get("training", {})
+            cells += [f"{training[dt]['max_rel']:.1e}" if training else "-" for dt in dtypes]
         cells.append("[green]PASS[/]" if row["ok"] else "[red]FAIL[/]")
         table.add_row(*cells)
     console = Console()
+    if console.width < 120:  # a pipe or a narrow terminal: keep the numbers readable
+        console = Console(width=120)
     console.print(table)
     targets = ", ".join(f"{dt} <= {rows[0]['parity'][dt]['rtol']:g}" for dt in dtypes)
     passed = sum(r["ok"] for r in rows)
-    console.print(f"targets: {targets}.  {passed} of {len(rows)} examples pass.")
+    console.print(f"forward/grad targets: {targets}.")
+    trained = [r["training"] for r in rows if "training" in r]
+    if trained:
+        targets = ", ".join(f"{dt} <= {trained[0][dt]['rtol']:g}" for dt in dtypes)
+        console.print(
+            f"train: max relative parameter error over {steps} steps of SGD+momentum, Adam and "
+            f"AdamW (the worst of the three); targets {targets}."
+        )
+    console.print(f"{passed} of {len(rows)} examples pass.")
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -92,11 +139,14 @@ def compare(args: argparse.Namespace) -> int:
         print(f"unknown examples {unknown}; choose from {list(EXAMPLES)}", file=sys.stderr)
         return 2
     names = args.examples or list(EXAMPLES)
-    rows = [_compare_example(n, args.dtypes, args.batch, args.seed) for n in names]
+    if args.steps < 0:
+        print(f"--steps must be >= 0, got {args.steps}", file=sys.stderr)
+        return 2
+    rows = [_compare_example(n, args.dtypes, args.batch, args.seed, args.steps) for n in names]
     if args.json:
         print(json.dumps({"examples": rows, "ok": all(r["ok"] for r in rows)}, indent=2))
     else:
-        _print_table(rows, args.dtypes)
+        _print_table(rows, args.dtypes, args.steps)
     return 0 if all(r["ok"] for r in rows) else 1
 
 
@@ -111,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=4, help="batch size of the random inputs")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and cotangent")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="also train each trainable example N steps with SGD, Adam and AdamW in both "
+        "frameworks and report the max parameter error (default 0: no training)",
+    )
     p.set_defaults(func=compare)
     return parser
 
