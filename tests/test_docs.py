@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")  # the documents put PyTorch next to Flax
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
-DOCS = ["migration.md", "claims.md"]
+DOCS = ["migration.md", "claims.md", "pitfalls.md"]
 RUN_TAGS = {"python"}  # the tag of every block that runs
 # Tags that look like python but would be skipped: a block written with one fails the suite.
 SUSPICIOUS_TAGS = {"py", "python3", "py3", "pycon", "ipython", "pytest"}

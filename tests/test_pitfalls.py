@@ -1,0 +1,799 @@
+"""The known PyTorch-vs-Flax differences (docs/pitfalls.md), each measured.
+
+Every ``measure_*`` function builds one PyTorch computation, a naive Flax/optax port of it (the
+library defaults, or the obvious copy of the weights) and the fixed port, and returns the three
+results. The parametrized test asserts that the naive port misses PyTorch by more than the
+row's threshold and that the fix agrees to parity tolerance (max relative error 1e-5 in
+float32, ``funcmod.tree``). Rows whose fact is "the same in both" have no threshold: there the
+naive port must agree too, and a separate test shows the check is sensitive to the difference.
+
+Print the measured errors, the numbers quoted in docs/pitfalls.md::
+
+    .venv/bin/python tests/test_pitfalls.py
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+torch = pytest.importorskip("torch")
+
+from funcmod.init import torch_bias_init, torch_kernel_init  # noqa: E402
+from funcmod.tree import assert_trees_close, compare_trees  # noqa: E402
+
+RTOL = 1e-5  # float32 parity target
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().numpy().copy()
+
+
+def _nchw(a: Any) -> np.ndarray:
+    return np.moveaxis(np.asarray(a), -1, 1)  # NHWC -> NCHW
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    return np.moveaxis(a, 1, -1)  # NCHW -> NHWC
+
+
+def max_rel(actual: Any, expected: Any) -> float:
+    """The largest per-leaf max relative error (``funcmod.tree``); inf if a shape differs."""
+    try:
+        return max(d.max_rel for d in compare_trees(actual, expected, rtol=RTOL))
+    except ValueError:  # shapes differ
+        return math.inf
+
+
+@dataclass(frozen=True)
+class Result:
+    torch: Any  # what PyTorch computes
+    naive: Any  # the naive port
+    fixed: Any  # the fixed port
+    note: str = ""  # what the naive port gets wrong, for the table
+
+
+@dataclass(frozen=True)
+class Pitfall:
+    measure: Callable[[], Result]
+    naive_min: float | None  # the naive error must exceed this; None: the naive port agrees
+
+
+PITFALLS: dict[str, Pitfall] = {}
+
+
+def pitfall(name: str, naive_min: float | None):
+    def register(fn: Callable[[], Result]) -> Callable[[], Result]:
+        PITFALLS[name] = Pitfall(fn, naive_min)
+        return fn
+
+    return register
+
+
+# --- layers ---------------------------------------------------------------------------------------
+
+
+@pitfall("linear_layout", naive_min=1e-1)
+def measure_linear_layout() -> Result:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8)  # square, so the untransposed weight even has the right shape
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    w, b = _np(layer.weight), _np(layer.bias)
+    dense = nn.Dense(8)
+    return Result(
+        _np(layer(torch.from_numpy(x))),
+        dense.apply({"params": {"kernel": w, "bias": b}}, x),
+        dense.apply({"params": {"kernel": w.T, "bias": b}}, x),  # (out, in) -> (in, out)
+        "kernel = weight, not weight.T",
+    )
+
+
+@pitfall("conv_kernel_layout", naive_min=1e-1)
+def measure_conv_kernel_layout() -> Result:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)  # in == out, so a swapped kernel still runs
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w, b = _np(conv.weight), _np(conv.bias)
+    flax_conv = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
+
+    def run(kernel):
+        return _nchw(flax_conv.apply({"params": {"kernel": kernel, "bias": b}}, _nhwc(x)))
+
+    return Result(
+        _np(conv(torch.from_numpy(x))),
+        run(w.transpose(2, 3, 0, 1)),  # [out, in, kH, kW] -> [kH, kW, out, in]: in/out swapped
+        run(w.transpose(2, 3, 1, 0)),  # [out, in, kH, kW] -> [kH, kW, in, out]
+        "kernel permuted (2, 3, 0, 1)",
+    )
+
+
+@pitfall("flatten_order", naive_min=1e-1)
+def measure_flatten_order() -> Result:
+    torch.manual_seed(0)
+    conv, fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 5 * 5, 2)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    expected = _np(fc(torch.flatten(conv(torch.from_numpy(x)), 1)))  # flattens (C, H, W)
+    conv_vars = {
+        "params": {"kernel": _np(conv.weight).transpose(2, 3, 1, 0), "bias": _np(conv.bias)}
+    }
+    fc_vars = {"params": {"kernel": _np(fc.weight).T, "bias": _np(fc.bias)}}
+    h = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1))).apply(conv_vars, _nhwc(x))  # (N, H, W, C)
+    naive = nn.Dense(2).apply(fc_vars, h.reshape(2, -1))  # flattens (H, W, C)
+    fixed = nn.Dense(2).apply(fc_vars, jnp.transpose(h, (0, 3, 1, 2)).reshape(2, -1))  # NCHW
+    return Result(expected, naive, fixed, "NHWC features flattened into a Linear trained on NCHW")
+
+
+@pitfall("conv_padding_strided", naive_min=1e-1)
+def measure_conv_padding() -> Result:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    variables = {
+        "params": {"kernel": _np(conv.weight).transpose(2, 3, 1, 0), "bias": _np(conv.bias)}
+    }
+
+    def run(padding):
+        return _nchw(nn.Conv(4, (3, 3), strides=(2, 2), padding=padding).apply(variables, _nhwc(x)))
+
+    return Result(
+        _np(conv(torch.from_numpy(x))),
+        run("SAME"),  # pads (0, 1) here: the same output shape, shifted windows
+        run(((1, 1), (1, 1))),
+        "padding='SAME' (pads 0 before, 1 after)",
+    )
+
+
+@pitfall("batchnorm_momentum", naive_min=1e-1)
+def measure_batchnorm_momentum() -> Result:
+    bn = torch.nn.BatchNorm1d(5)
+    x = (2.0 + np.random.default_rng(0).standard_normal((16, 5))).astype(np.float32)
+    bn.train()
+    bn(torch.from_numpy(x))
+
+    def running_mean(momentum):
+        _, state = nn.BatchNorm(use_running_average=False, momentum=momentum).apply(
+            {
+                "params": {"scale": jnp.ones(5), "bias": jnp.zeros(5)},
+                "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)},
+            },
+            x,
+            mutable=["batch_stats"],
+        )
+        return state["batch_stats"]["mean"]
+
+    return Result(
+        _np(bn.running_mean),
+        running_mean(0.99),  # Flax's default
+        running_mean(0.9),  # 1 - PyTorch's 0.1
+        "momentum 0.99 (Flax's default) for PyTorch's 0.1",
+    )
+
+
+def _bn_vars(n: int) -> dict:
+    return {
+        "params": {"scale": jnp.ones(n), "bias": jnp.zeros(n)},
+        "batch_stats": {"mean": jnp.zeros(n), "var": jnp.ones(n)},
+    }
+
+
+@pitfall("batchnorm_eps", naive_min=None)
+def measure_batchnorm_eps() -> Result:
+    # Features with variance ~1e-4, where eps = 1e-5 vs 1e-6 would move the output by ~5%.
+    x = (0.01 * np.random.default_rng(0).standard_normal((16, 5))).astype(np.float32)
+    bn = torch.nn.BatchNorm1d(5)
+    bn.train()
+    expected = _np(bn(torch.from_numpy(x)))
+    naive, _ = nn.BatchNorm(use_running_average=False).apply(
+        _bn_vars(5), x, mutable=["batch_stats"]
+    )
+    fixed, _ = nn.BatchNorm(use_running_average=False, epsilon=1e-5).apply(
+        _bn_vars(5), x, mutable=["batch_stats"]
+    )
+    return Result(expected, naive, fixed, "none: both default to eps 1e-5")
+
+
+@pitfall("batchnorm_running_var", naive_min=1e-2)
+def measure_batchnorm_running_var() -> Result:
+    n = 4  # a small batch makes n/(n-1) = 4/3 visible
+    x = (3.0 * np.random.default_rng(0).standard_normal((n, 5))).astype(np.float32)
+    bn = torch.nn.BatchNorm1d(5)
+    bn.train()
+    t_train = _np(bn(torch.from_numpy(x)))
+    bn.eval()
+    t_eval = _np(bn(torch.from_numpy(x)))
+    expected = {"train_out": t_train, "running_var": _np(bn.running_var), "eval_out": t_eval}
+
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+    f_train, state = flax_bn.apply(_bn_vars(5), x, mutable=["batch_stats"])
+    var = state["batch_stats"]["var"]
+    # PyTorch's update: 0.9 * old + 0.1 * unbiased; recover it from Flax's biased one.
+    old = 1.0
+    torch_var = 0.9 * old + (var - 0.9 * old) * n / (n - 1)
+    eval_vars = {
+        **_bn_vars(5),
+        "batch_stats": {"mean": state["batch_stats"]["mean"], "var": torch_var},
+    }
+    f_eval = nn.BatchNorm(use_running_average=True).apply(eval_vars, x)
+    return Result(
+        expected,
+        {"train_out": f_train, "running_var": var, "eval_out": f_eval},
+        {"train_out": f_train, "running_var": torch_var, "eval_out": f_eval},
+        "Flax stores the biased batch variance (train-time outputs agree)",
+    )
+
+
+def _layer_norm(scale: float) -> Result:
+    x = (scale * np.random.default_rng(0).standard_normal((4, 16))).astype(np.float32)
+    expected = _np(torch.nn.LayerNorm(16)(torch.from_numpy(x)))
+    variables = {"params": {"scale": jnp.ones(16), "bias": jnp.zeros(16)}}
+    return Result(
+        expected,
+        nn.LayerNorm().apply(variables, x),  # epsilon 1e-6
+        nn.LayerNorm(epsilon=1e-5).apply(variables, x),
+        f"epsilon 1e-6 (Flax's default) for 1e-5, input std {scale:g}",
+    )
+
+
+@pitfall("layernorm_eps", naive_min=1e-2)
+def measure_layernorm_eps() -> Result:
+    return _layer_norm(0.01)
+
+
+@pitfall("groupnorm", naive_min=1e-1)
+def measure_groupnorm() -> Result:
+    x = np.random.default_rng(0).standard_normal((2, 32, 4, 4)).astype(np.float32)
+    expected = _np(torch.nn.GroupNorm(4, 32)(torch.from_numpy(x)))
+    variables = {"params": {"scale": jnp.ones(32), "bias": jnp.zeros(32)}}
+    return Result(
+        expected,
+        _nchw(nn.GroupNorm().apply(variables, _nhwc(x))),  # 32 groups, epsilon 1e-6
+        _nchw(nn.GroupNorm(num_groups=4, epsilon=1e-5).apply(variables, _nhwc(x))),
+        "num_groups 32 and epsilon 1e-6 (Flax's defaults) for 4 and 1e-5",
+    )
+
+
+@pitfall("gelu", naive_min=1e-4)
+def measure_gelu() -> Result:
+    x = np.random.default_rng(0).uniform(-3.0, 3.0, 4096).astype(np.float32)  # activations' range
+    return Result(
+        _np(torch.nn.functional.gelu(torch.from_numpy(x))),
+        jax.nn.gelu(x),  # approximate=True: the tanh formula
+        jax.nn.gelu(x, approximate=False),
+        "tanh approximation (Flax's default) for the exact erf",
+    )
+
+
+@pitfall("dropout", naive_min=1e-1)
+def measure_dropout() -> Result:
+    p = 0.5
+    x = (1.0 + np.random.default_rng(0).random((8, 64))).astype(np.float32)  # no zeros
+    torch.manual_seed(0)
+    drop = torch.nn.Dropout(p)
+    drop.train()
+    t_out = _np(drop(torch.from_numpy(x)))
+    drop.eval()
+    t_eval = _np(drop(torch.from_numpy(x)))
+    f_out = nn.Dropout(p, deterministic=False).apply({}, x, rngs={"dropout": jax.random.key(0)})
+    f_eval = nn.Dropout(p, deterministic=True).apply({}, x)
+    t_mask, f_mask = t_out != 0, np.asarray(f_out) != 0
+    return Result(
+        {"train": t_out, "eval": t_eval, "flax_kept": np.where(f_mask, x / (1 - p), 0.0)},
+        {"train": f_out, "eval": f_eval, "flax_kept": f_out},
+        {  # PyTorch's mask fed to JAX; both scale the kept values by 1/(1-p)
+            "train": jnp.where(t_mask, x / (1 - p), 0.0),
+            "eval": f_eval,
+            "flax_kept": f_out,
+        },
+        "independent random masks",
+    )
+
+
+@pitfall("max_pool_stride", naive_min=math.inf)
+def measure_max_pool() -> Result:
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    return Result(
+        _np(torch.nn.MaxPool2d(2)(torch.from_numpy(x))),
+        _nchw(nn.max_pool(_nhwc(x), (2, 2))),  # stride 1: (2, 3, 7, 7)
+        _nchw(nn.max_pool(_nhwc(x), (2, 2), strides=(2, 2))),
+        "stride 1 (Flax's default) for PyTorch's stride = kernel: 7x7 instead of 4x4",
+    )
+
+
+@pitfall("avg_pool_count_include_pad", naive_min=1e-2)
+def measure_avg_pool() -> Result:
+    x = (1.0 + np.random.default_rng(0).random((2, 3, 6, 6))).astype(np.float32)
+    pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    pad = ((1, 1), (1, 1))
+    with jax.numpy_dtype_promotion("standard"):  # see test_avg_pool_needs_standard_promotion
+        naive = nn.avg_pool(_nhwc(x), (3, 3), strides=(1, 1), padding=pad)
+        fixed = nn.avg_pool(_nhwc(x), (3, 3), strides=(1, 1), padding=pad, count_include_pad=False)
+    return Result(
+        _np(pool(torch.from_numpy(x))),
+        _nchw(naive),
+        _nchw(fixed),
+        "count_include_pad=True (both defaults) for a pool built with False",
+    )
+
+
+@pitfall("embedding_padding_idx", naive_min=1e-1)
+def measure_embedding() -> Result:
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, padding_idx=0)
+    ids = np.array([[0, 3, 0, 7], [1, 0, 9, 2]], np.int32)
+    cot = np.random.default_rng(0).standard_normal((2, 4, 4)).astype(np.float32)
+    out = emb(torch.from_numpy(ids.astype(np.int64)))
+    (out * torch.from_numpy(cot)).sum().backward()
+    table = _np(emb.weight)  # (num, dim): copied without a transpose
+
+    def naive_lookup(table):
+        return nn.Embed(10, 4).apply({"params": {"embedding": table}}, ids)
+
+    def fixed_lookup(table):
+        e = naive_lookup(table)
+        # PyTorch never updates the padding row: stop its gradient.
+        return jnp.where((ids == 0)[..., None], jax.lax.stop_gradient(e), e)
+
+    def grad(lookup):
+        return jax.grad(lambda t: jnp.sum(lookup(t) * cot))(jnp.asarray(table))
+
+    return Result(
+        {"out": _np(out), "grad": _np(emb.weight.grad)},
+        {"out": naive_lookup(table), "grad": grad(naive_lookup)},
+        {"out": fixed_lookup(table), "grad": grad(fixed_lookup)},
+        "no padding_idx: the padding row gets a gradient",
+    )
+
+
+@pitfall("conv_transpose", naive_min=1e-1)
+def measure_conv_transpose() -> Result:
+    torch.manual_seed(0)
+    deconv = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1)  # weight (in, out, kH, kW)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    w, b = _np(deconv.weight), _np(deconv.bias)
+    k, p = 3, 1
+
+    def run(kernel, transpose_kernel):
+        layer = nn.ConvTranspose(
+            6,
+            (k, k),
+            strides=(2, 2),
+            padding=((k - 1 - p,) * 2,) * 2,
+            transpose_kernel=transpose_kernel,
+        )
+        return _nchw(layer.apply({"params": {"kernel": kernel, "bias": b}}, _nhwc(x)))
+
+    return Result(
+        _np(deconv(torch.from_numpy(x))),
+        run(w.transpose(2, 3, 0, 1), False),  # [in, out, kH, kW] -> [kH, kW, in, out], unflipped
+        run(w.transpose(2, 3, 1, 0), True),  # [in, out, kH, kW] -> [kH, kW, out, in], flipped
+        "kernel (kH, kW, in, out) without transpose_kernel (right padding)",
+    )
+
+
+@pitfall("integer_default_dtype", naive_min=1.0)
+def measure_integer_default() -> Result:
+    big = np.array([2**30, 2**30])  # int64 in numpy and PyTorch
+    expected = np.asarray(torch.from_numpy(big).sum().item(), np.float64)
+    naive = jnp.asarray(big).sum()  # int32 in JAX by default: wraps to -2**31
+    with jax.enable_x64(True):
+        fixed = np.asarray(jnp.asarray(big).sum())  # int64
+    return Result(
+        expected,
+        np.asarray(naive, np.float64),
+        np.asarray(fixed, np.float64),
+        "int32 sum of two 2**30 wraps around",
+    )
+
+
+@pitfall("matmul_precision_cpu", naive_min=None)
+def measure_matmul_precision() -> Result:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 128)).astype(np.float32)
+    expected = _np(torch.from_numpy(a) @ torch.from_numpy(b))
+    naive = jnp.matmul(a, b)  # default precision
+    with jax.default_matmul_precision("highest"):
+        fixed = jnp.matmul(a, b)
+    return Result(expected, naive, fixed, "none on CPU: both are full float32")
+
+
+# --- optimizers ---------------------------------------------------------------------------------
+
+_OPT_RNG = np.random.default_rng(0)
+_P0 = _OPT_RNG.standard_normal(32).astype(np.float32)
+_TARGET = _OPT_RNG.standard_normal(32).astype(np.float32)
+_WEIGHT = _OPT_RNG.uniform(0.1, 2.0, 32).astype(np.float32)
+
+
+def _loss_np_torch(p):
+    return 0.5 * (torch.from_numpy(_WEIGHT) * (p - torch.from_numpy(_TARGET)) ** 2).sum()
+
+
+def _loss_jax(p):
+    return 0.5 * jnp.sum(_WEIGHT * (p - _TARGET) ** 2)
+
+
+def run_torch(make_opt, steps=20) -> np.ndarray:
+    p = torch.from_numpy(_P0.copy()).requires_grad_(True)
+    opt = make_opt([p])
+    for _ in range(steps):
+        opt.zero_grad()
+        _loss_np_torch(p).backward()
+        opt.step()
+    return _np(p)
+
+
+def run_optax(tx: optax.GradientTransformation, steps=20) -> jax.Array:
+    # optax's Adam family raises float decay rates to an int32 step count, which the suite's
+    # strict dtype promotion rejects (test_optax_adam_needs_standard_promotion); run the
+    # optimizers under JAX's standard rules, as users do.
+    with jax.numpy_dtype_promotion("standard"):
+        p = jnp.asarray(_P0)
+        state = tx.init(p)
+        for _ in range(steps):
+            updates, state = tx.update(jax.grad(_loss_jax)(p), state, p)
+            p = optax.apply_updates(p, updates)
+    return p
+
+
+@pitfall("adam_eps", naive_min=None)
+def measure_adam_eps() -> Result:
+    return Result(
+        run_torch(lambda ps: torch.optim.Adam(ps, lr=0.05)),
+        run_optax(optax.adam(0.05)),
+        run_optax(optax.adam(0.05, eps=1e-8, eps_root=0.0)),
+        "none: eps 1e-8 outside the square root in both",
+    )
+
+
+@pitfall("adam_weight_decay", naive_min=1e-3)
+def measure_adam_weight_decay() -> Result:
+    return Result(
+        run_torch(lambda ps: torch.optim.Adam(ps, lr=0.05, weight_decay=0.1)),
+        run_optax(optax.adam(0.05)),  # optax.adam has no weight_decay
+        run_optax(optax.chain(optax.add_decayed_weights(0.1), optax.adam(0.05))),
+        "weight_decay=0.1 dropped (L2 term added to the gradient)",
+    )
+
+
+@pitfall("adamw_default_weight_decay", naive_min=1e-3)
+def measure_adamw() -> Result:
+    return Result(
+        run_torch(lambda ps: torch.optim.AdamW(ps, lr=0.05)),  # weight_decay 1e-2
+        run_optax(optax.adamw(0.05)),  # weight_decay 1e-4
+        run_optax(optax.adamw(0.05, weight_decay=1e-2)),
+        "weight_decay 1e-4 (optax's default) for 1e-2",
+    )
+
+
+@pitfall("sgd_momentum_nesterov_weight_decay", naive_min=None)
+def measure_sgd() -> Result:
+    configs = {
+        "momentum": (dict(momentum=0.9), optax.sgd(0.02, momentum=0.9)),
+        "nesterov": (dict(momentum=0.9, nesterov=True), optax.sgd(0.02, 0.9, nesterov=True)),
+        "weight_decay": (
+            dict(momentum=0.9, weight_decay=0.1),
+            optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.02, momentum=0.9)),
+        ),
+    }
+    expected = {
+        k: run_torch(lambda ps, kw=kw: torch.optim.SGD(ps, lr=0.02, **kw))
+        for k, (kw, _) in configs.items()
+    }
+    ported = {k: run_optax(tx) for k, (_, tx) in configs.items()}
+    return Result(expected, ported, ported, "none when dampening is 0")
+
+
+def torch_momentum(momentum: float, dampening: float) -> optax.GradientTransformation:
+    """PyTorch's SGD momentum buffer: b = g on the first step, then b = mu*b + (1 - d)*g."""
+
+    def init(params):
+        return (jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None):
+        count, buf = state
+        buf = jax.tree_util.tree_map(
+            lambda b, g: jnp.where(count == 0, g, momentum * b + (1 - dampening) * g), buf, grads
+        )
+        return buf, (count + 1, buf)
+
+    return optax.GradientTransformation(init, update)
+
+
+@pitfall("sgd_dampening", naive_min=1e-2)
+def measure_sgd_dampening() -> Result:
+    return Result(
+        run_torch(lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9, dampening=0.5)),
+        run_optax(optax.sgd(0.02, momentum=0.9)),  # no dampening in optax
+        run_optax(optax.chain(torch_momentum(0.9, 0.5), optax.scale(-0.02))),
+        "dampening=0.5 ignored (optax has none)",
+    )
+
+
+def torch_clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_``: scale by min(1, max_norm / (norm + 1e-6))."""
+
+    def update(grads, state, params=None):
+        norm = optax.tree.norm(grads)
+        coef = jnp.minimum(1.0, max_norm / (norm + eps))
+        return jax.tree_util.tree_map(lambda g: g * coef, grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+@pitfall("grad_clipping_small_norm", naive_min=1e-3)
+def measure_clipping() -> Result:
+    g = (1e-4 * np.random.default_rng(0).standard_normal(32)).astype(np.float32)  # norm ~6e-4
+    max_norm = 1e-4
+    t = torch.nn.Parameter(torch.zeros(32))
+    t.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_([t], max_norm)
+
+    def clip(tx):
+        return tx.update(jnp.asarray(g), tx.init(jnp.asarray(g)))[0]
+
+    return Result(
+        _np(t.grad),
+        clip(optax.clip_by_global_norm(max_norm)),
+        clip(torch_clip_by_global_norm(max_norm)),
+        "no 1e-6 in the denominator: relative gap 1e-6 / norm",
+    )
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PITFALLS))
+def test_naive_port_disagrees_and_fix_agrees(name):
+    pit = PITFALLS[name]
+    r = pit.measure()
+    naive = max_rel(r.naive, r.torch)
+    if pit.naive_min is None:  # the fact is "the same in both": the naive port agrees
+        assert naive <= RTOL, f"{name}: the naive port now differs, max rel {naive:.3e}"
+    else:
+        assert naive >= pit.naive_min, f"{name}: naive max rel {naive:.3e} < {pit.naive_min:g}"
+    assert_trees_close(r.fixed, r.torch, rtol=RTOL, what=f"{name} (fixed)")
+
+
+def test_conv_same_padding_only_differs_when_strided():
+    """Stride 1 with an odd kernel: 'SAME' pads (1, 1), exactly PyTorch's padding=1."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    variables = {
+        "params": {"kernel": _np(conv.weight).transpose(2, 3, 1, 0), "bias": _np(conv.bias)}
+    }
+    out = _nchw(nn.Conv(4, (3, 3), padding="SAME").apply(variables, _nhwc(x)))
+    assert_trees_close(out, _np(conv(torch.from_numpy(x))), rtol=RTOL)
+
+
+def test_batchnorm_eps_check_is_sensitive():
+    """The BatchNorm-eps row agrees because both use 1e-5; at this input scale, 1e-6 would not."""
+    x = (0.01 * np.random.default_rng(0).standard_normal((16, 5))).astype(np.float32)
+    bn = torch.nn.BatchNorm1d(5)
+    bn.train()
+    expected = _np(bn(torch.from_numpy(x)))
+    other, _ = nn.BatchNorm(use_running_average=False, epsilon=1e-6).apply(
+        _bn_vars(5), x, mutable=["batch_stats"]
+    )
+    assert max_rel(other, expected) > 1e-2
+    assert nn.BatchNorm.epsilon == 1e-5 and torch.nn.BatchNorm1d(5).eps == 1e-5
+
+
+def test_layernorm_eps_is_below_tolerance_at_unit_variance():
+    """At unit variance the 1e-5 vs 1e-6 difference is ~5e-6 relative: real, but inside the
+    float32 parity target, so only small-variance inputs expose it."""
+    r = _layer_norm(1.0)
+    err = max_rel(r.naive, r.torch)
+    assert 1e-6 < err < RTOL
+    assert_trees_close(r.fixed, r.torch, rtol=RTOL)
+
+
+def test_avg_pool_defaults_agree_when_counting_padding():
+    """Both libraries count padded zeros by default; only stride and padding need passing."""
+    x = (1.0 + np.random.default_rng(0).random((2, 3, 6, 6))).astype(np.float32)
+    expected = _np(torch.nn.AvgPool2d(3, stride=1, padding=1)(torch.from_numpy(x)))
+    with jax.numpy_dtype_promotion("standard"):
+        out = _nchw(nn.avg_pool(_nhwc(x), (3, 3), strides=(1, 1), padding=((1, 1), (1, 1))))
+        naive = _nchw(nn.avg_pool(_nhwc(x), (2, 2)))  # stride 1, 'VALID': 5x5
+    assert_trees_close(out, expected, rtol=RTOL)
+    assert naive.shape == (2, 3, 5, 5)
+    assert tuple(torch.nn.AvgPool2d(2)(torch.from_numpy(x)).shape) == (2, 3, 3, 3)
+
+
+def test_integer_defaults_and_silent_wraparound():
+    assert torch.tensor([1, 2]).dtype == torch.int64
+    assert jnp.array([1, 2]).dtype == jnp.int32
+    wrapped = jnp.asarray(np.array([2**31 + 5]))  # int64 input, no error, no warning
+    assert int(wrapped[0]) == 2**31 + 5 - 2**32
+
+
+def test_adam_eps_check_is_sensitive():
+    """Adam matches because both add eps outside the square root; inside it would not match
+    once gradients are as small as eps."""
+
+    def run_t(scale):
+        p = torch.nn.Parameter(torch.zeros(4))
+        opt = torch.optim.Adam([p], lr=1.0)
+        p.grad = torch.full((4,), scale)
+        opt.step()
+        return _np(p)
+
+    def run_o(scale, tx):
+        with jax.numpy_dtype_promotion("standard"):
+            p = jnp.zeros(4)
+            u, _ = tx.update(jnp.full((4,), scale), tx.init(p), p)
+        return optax.apply_updates(p, u)
+
+    tiny = 1e-8
+    assert_trees_close(run_o(tiny, optax.adam(1.0)), run_t(tiny), rtol=RTOL)
+    inside = optax.adam(1.0, eps=0.0, eps_root=1e-16)  # sqrt(v + 1e-16) instead of sqrt(v) + 1e-8
+    assert max_rel(run_o(tiny, inside), run_t(tiny)) > 1e-1
+
+
+def test_optax_adam_needs_standard_promotion():
+    """Under strict dtype promotion optax.adam's bias correction (float ** int32) raises."""
+    tx = optax.adam(0.1)
+    p = jnp.zeros(3)
+    with jax.numpy_dtype_promotion("strict"), pytest.raises(jax.dtypes.TypePromotionError):
+        tx.update(jnp.ones(3), tx.init(p), p)
+    with jax.numpy_dtype_promotion("standard"):
+        tx.update(jnp.ones(3), tx.init(p), p)
+
+
+def test_avg_pool_needs_standard_promotion():
+    """Flax's avg_pool divides by the int window size, which strict promotion rejects."""
+    x = jnp.ones((1, 4, 4, 1))
+    with jax.numpy_dtype_promotion("strict"), pytest.raises(jax.dtypes.TypePromotionError):
+        nn.avg_pool(x, (2, 2))
+    with jax.numpy_dtype_promotion("standard"):
+        assert nn.avg_pool(x, (2, 2)).shape == (1, 3, 3, 1)
+
+
+def test_clipping_difference_is_negligible_at_ordinary_norms():
+    g = np.random.default_rng(0).standard_normal(32).astype(np.float32)  # norm 4.6
+    t = torch.nn.Parameter(torch.zeros(32))
+    t.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_([t], 1.0)
+    tx = optax.clip_by_global_norm(1.0)
+    clipped = tx.update(jnp.asarray(g), tx.init(jnp.asarray(g)))[0]
+    assert max_rel(clipped, _np(t.grad)) < RTOL
+
+
+def test_matmul_precision_flags():
+    """PyTorch: float32 matmuls on CUDA default to full precision, but cuDNN convolutions allow
+    TF32. JAX: no process-wide precision override is set unless you set one."""
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert jax.config.jax_default_matmul_precision is None
+
+
+# --- initialisers: distributions, checked statistically --------------------------------------
+
+
+def _ks(samples: np.ndarray, bound: float) -> tuple[float, float]:
+    """Kolmogorov-Smirnov statistic and p-value of ``samples`` against U(-bound, bound)."""
+    stats = pytest.importorskip("scipy.stats")
+    res = stats.kstest(samples.ravel().astype(np.float64), "uniform", args=(-bound, 2 * bound))
+    return float(res.statistic), float(res.pvalue)
+
+
+def init_samples() -> dict[str, tuple[np.ndarray, float]]:
+    """Draws of each initialiser with the bound 1/sqrt(fan_in) they should fill."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 512)  # fan_in 64: 32768 weights
+    conv = torch.nn.Conv2d(16, 128, 3)  # fan_in 144: 18432 weights
+    biases = torch.cat([torch.nn.Linear(64, 512).bias for _ in range(8)])  # 4096 biases
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+    b_lin, b_conv = 1 / math.sqrt(64), 1 / math.sqrt(144)
+    return {
+        "torch Linear weight": (_np(lin.weight), b_lin),
+        "torch Conv2d weight": (_np(conv.weight), b_conv),
+        "torch Linear bias": (_np(biases), b_lin),
+        "funcmod kernel (Dense)": (np.asarray(torch_kernel_init()(k1, (64, 512))), b_lin),
+        "funcmod kernel (Conv)": (np.asarray(torch_kernel_init()(k2, (3, 3, 16, 128))), b_conv),
+        "funcmod bias": (np.asarray(torch_bias_init(64)(k3, (4096,))), b_lin),
+        "flax lecun_normal kernel": (
+            np.asarray(nn.initializers.lecun_normal()(k4, (64, 512))),
+            b_lin,
+        ),
+    }
+
+
+def test_torch_default_init_and_funcmod_init_are_uniform_over_the_bound():
+    samples = init_samples()
+    for name, (a, bound) in samples.items():
+        if name.startswith("flax"):
+            continue
+        d, pvalue = _ks(a, bound)
+        assert pvalue > 0.01, f"{name}: KS D={d:.4f}, p={pvalue:.3g} against U(-b, b)"
+        assert np.abs(a).max() <= bound
+        assert np.std(a) == pytest.approx(bound / math.sqrt(3), rel=0.05)  # uniform's std
+
+
+def test_torch_and_funcmod_draws_come_from_one_distribution():
+    stats = pytest.importorskip("scipy.stats")
+    s = init_samples()
+    for t_name, f_name in (
+        ("torch Linear weight", "funcmod kernel (Dense)"),
+        ("torch Conv2d weight", "funcmod kernel (Conv)"),
+        ("torch Linear bias", "funcmod bias"),
+    ):
+        res = stats.ks_2samp(s[t_name][0].ravel(), s[f_name][0].ravel())
+        assert res.pvalue > 0.01, f"{t_name} vs {f_name}: D={res.statistic:.4f}"
+
+
+def test_flax_default_init_is_not_torch_default():
+    s = init_samples()
+    a, bound = s["flax lecun_normal kernel"]
+    d, pvalue = _ks(a, bound)
+    assert pvalue < 1e-10 and d > 0.1
+    assert np.std(a) / (bound / math.sqrt(3)) == pytest.approx(math.sqrt(3), rel=0.05)
+    assert np.abs(a).max() > 2 * bound  # a normal's tails go past the uniform's bound
+    zeros = nn.Dense(4).init(jax.random.key(0), jnp.zeros((1, 64)))["params"]["bias"]
+    assert not np.any(np.asarray(zeros))  # Flax's default bias: zeros
+
+
+def test_embedding_init_differs():
+    torch.manual_seed(0)
+    t = _np(torch.nn.Embedding(1000, 64).weight)
+    f = np.asarray(
+        nn.Embed(1000, 64).init(jax.random.key(0), jnp.zeros((1,), jnp.int32))["params"][
+            "embedding"
+        ]
+    )
+    assert np.std(t) == pytest.approx(1.0, rel=0.02)  # N(0, 1)
+    assert np.std(f) == pytest.approx(1 / math.sqrt(64), rel=0.02)  # variance_scaling: 1/sqrt(dim)
+
+
+# --- the measurements quoted in docs/pitfalls.md ------------------------------------------------
+
+
+def _row(name: str, r: Result) -> str:
+    naive, fixed = max_rel(r.naive, r.torch), max_rel(r.fixed, r.torch)
+    return f"{name:36} {naive:14.3e} {fixed:14.3e}  {r.note}"
+
+
+def main() -> None:
+    jax.config.update("jax_numpy_dtype_promotion", "strict")  # as tests/conftest.py
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    print(f"{'pitfall':36} {'naive max rel':>14} {'fixed max rel':>14}  naive port")
+    for name, pit in PITFALLS.items():
+        print(_row(name, pit.measure()))
+    print(_row("layernorm_eps_unit_variance", _layer_norm(1.0)))
+    print()
+    print(f"{'initialiser':28} {'KS D':>7} {'KS p':>9} {'std * sqrt(3) / bound':>22}")
+    for name, (a, bound) in init_samples().items():
+        d, p = _ks(a, bound)
+        print(f"{name:28} {d:7.4f} {p:9.3g} {np.std(a) * math.sqrt(3) / bound:22.4f}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+def test_pitfalls_table_rows_name_existing_cases():
+    """docs/pitfalls.md's table names every case measured here, and only those (or tests)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "pitfalls.md").read_text("utf-8")
+    table = text.split("## The measurements", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    named = [re.findall(r"`(\w+)`", row.rsplit("|", 2)[1]) for row in rows]
+    assert all(len(n) == 1 for n in named), named
+    names = {n[0] for n in named}
+    tests = {name for name in globals() if name.startswith("test_")}
+    assert names - set(PITFALLS) - tests == set(), "named in the table, measured nowhere"
+    assert set(PITFALLS) - names == set(), "measured here, missing from the table"
