@@ -1,0 +1,290 @@
+"""Jitted training of a Flax model with optax, built on ``flax.training.train_state.TrainState``.
+
+One training step is a pure function of ``(state, batch)``::
+
+    state = create_train_state(model, variables, optax.adam(1e-3))
+    train_step = make_train_step(mse)                 # jitted once, state buffers donated
+    state, metrics = train_step(state, (x, y))        # metrics['loss']: () array
+
+    train_epoch = make_train_epoch(mse)               # many steps in one dispatch (lax.scan)
+    state, metrics = train_epoch(state, stack_batches(batches))  # metrics['loss']: (steps,)
+    raise_if_nonfinite(metrics['loss'], first_step=...)
+
+A batch is ``(inputs, targets)``: ``inputs`` is one array or a tuple of arrays (the model's
+positional arguments), ``targets`` whatever ``loss_fn(outputs, targets)`` takes.
+
+Models with BatchNorm keep their running statistics in ``state.batch_stats`` (the step applies
+the model with ``mutable=['batch_stats']``); models with dropout get a fresh key every step,
+``fold_in(dropout_key, step)``, so a run is reproducible from its seed and its step count.
+
+Because the step is a pure function of ``(state, batch)`` (``make_train_step_fn`` gives it
+unjitted), data parallelism over a ``jax.sharding.Mesh`` is a matter of wrapping it in
+``jax.jit`` with ``in_shardings``: the batch sharded along a data axis, the state replicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import struct
+from flax.training import train_state
+
+__all__ = [
+    "Batch",
+    "NonFiniteLossError",
+    "TrainState",
+    "create_train_state",
+    "first_nonfinite_step",
+    "make_eval_step",
+    "make_train_epoch",
+    "make_train_step",
+    "make_train_step_fn",
+    "mse",
+    "raise_if_nonfinite",
+    "softmax_cross_entropy",
+    "stack_batches",
+]
+
+# (inputs, targets): inputs is one array or a tuple of arrays.
+Batch = tuple[Any, Any]
+LossFn = Callable[[Any, Any], jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Flax's ``TrainState`` plus what stateful models need.
+
+    Attributes (beyond ``step``, ``apply_fn``, ``params``, ``tx``, ``opt_state``):
+      batch_stats: the ``'batch_stats'`` collection (BatchNorm running statistics), or None.
+      dropout_key: raw key data (``jax.random.key_data``, e.g. (2,) uint32) from which the key
+        of step ``n`` is ``fold_in(key, n)``; None for a model without dropout.
+      key_impl: the PRNG implementation of ``dropout_key`` (``'threefry2x32'``); static.
+    """
+
+    batch_stats: Any = None
+    dropout_key: jax.Array | None = None
+    key_impl: str | None = struct.field(pytree_node=False, default=None)
+
+    def step_rngs(self) -> dict[str, jax.Array] | None:
+        """``{'dropout': key}`` for the current step, or None without a dropout key."""
+        if self.dropout_key is None:
+            return None
+        key = jax.random.wrap_key_data(self.dropout_key, impl=self.key_impl)
+        return {"dropout": jax.random.fold_in(key, self.step)}
+
+    def variables(self, params: Any = None) -> dict[str, Any]:
+        """The variables to apply the model with: ``{'params': ..., 'batch_stats': ...}``."""
+        variables = {"params": self.params if params is None else params}
+        if self.batch_stats is not None:
+            variables["batch_stats"] = self.batch_stats
+        return variables
+
+
+def create_train_state(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    tx: optax.GradientTransformation,
+    *,
+    dropout_key: jax.Array | None = None,
+) -> TrainState:
+    """A ``TrainState`` at step 0 (an int32 array) for ``model`` with ``variables``.
+
+    Args:
+      model: the Flax module; its ``apply`` becomes ``state.apply_fn``.
+      variables: ``{'params': ...}`` plus optionally ``'batch_stats'`` (``model.init``'s result
+        or ``funcmod.convert.torch_to_flax``'s). The arrays are copied, so donating the state to
+        a train step never deletes the caller's arrays.
+      tx: the optax transformation (see ``funcmod.optim.from_torch``).
+      dropout_key: a PRNG key (typed or raw) for models with dropout.
+
+    Raises:
+      ValueError: ``variables`` has no ``'params'`` or a collection other than ``'params'`` and
+        ``'batch_stats'`` (such a collection would be silently frozen).
+    """
+    unknown = sorted(set(variables) - {"params", "batch_stats"})
+    if "params" not in variables or unknown:
+        raise ValueError(
+            f"variables must have 'params' and optionally 'batch_stats'; got collections "
+            f"{sorted(variables)} (unsupported: {unknown})"
+        )
+    copy = lambda tree: jax.tree.map(jnp.array, tree)  # noqa: E731  (jnp.array copies)
+    key_data, key_impl = None, None
+    if dropout_key is not None:
+        if jax.dtypes.issubdtype(dropout_key.dtype, jax.dtypes.prng_key):
+            key_impl = str(jax.random.key_impl(dropout_key))
+            key_data = jnp.array(jax.random.key_data(dropout_key))
+        else:  # a raw key such as jax.random.PRNGKey(0): the default implementation
+            key_impl = str(jax.random.key_impl(jax.random.wrap_key_data(dropout_key)))
+            key_data = jnp.array(dropout_key)
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=copy(variables["params"]),
+        tx=tx,
+        batch_stats=copy(variables["batch_stats"]) if "batch_stats" in variables else None,
+        dropout_key=key_data,
+        key_impl=key_impl,
+    )
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+
+def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean squared error, ``torch.nn.functional.mse_loss``'s default: both arrays the same
+    shape and dtype. Returns a () array."""
+    if outputs.shape != targets.shape:
+        raise ValueError(f"mse: outputs {outputs.shape} and targets {targets.shape} differ")
+    return jnp.mean(jnp.square(outputs - targets))
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy with integer labels, ``torch.nn.functional.cross_entropy``'s
+    default.
+
+    Args:
+      logits: (..., classes) floats.
+      labels: (...) integers (int32) in [0, classes).
+
+    Returns:
+      a () array.
+    """
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers (int32), got {labels.dtype}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels {labels.shape} must be logits {logits.shape} without the last")
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def _as_args(inputs: Any) -> tuple[Any, ...]:
+    return tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
+
+
+def make_train_step_fn(
+    loss_fn: LossFn, *, apply_kwargs: Mapping[str, Any] | None = None
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The pure, unjitted train step: ``(state, batch) -> (new_state, {'loss': () array})``.
+
+    Args:
+      loss_fn: ``loss_fn(outputs, targets) -> () array``, e.g. ``mse``.
+      apply_kwargs: keyword arguments for ``apply_fn`` in training, e.g. ``{'train': True}``.
+    """
+    kwargs = dict(apply_kwargs or {})
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        inputs, targets = batch
+        mutable = ["batch_stats"] if state.batch_stats is not None else False
+        rngs = state.step_rngs()
+
+        def loss_of(params: Any) -> tuple[jax.Array, Any]:
+            out = state.apply_fn(
+                state.variables(params), *_as_args(inputs), rngs=rngs, mutable=mutable, **kwargs
+            )
+            outputs, updates = out if mutable else (out, {})
+            return loss_fn(outputs, targets), updates.get("batch_stats")
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        return new_state, {"loss": loss}
+
+    return step
+
+
+def make_train_step(
+    loss_fn: LossFn, *, apply_kwargs: Mapping[str, Any] | None = None, donate: bool = True
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """``make_train_step_fn`` jitted, with the state's buffers donated (the state passed in is
+    consumed: use the one returned). Compiles once per batch shape."""
+    return jax.jit(
+        make_train_step_fn(loss_fn, apply_kwargs=apply_kwargs),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def make_train_epoch(
+    loss_fn: LossFn, *, apply_kwargs: Mapping[str, Any] | None = None, donate: bool = True
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Many train steps in one dispatch: ``jax.lax.scan`` of the train step over stacked batches.
+
+    The returned jitted ``train_epoch(state, batches)`` takes ``batches`` with a leading
+    (steps,) axis on every leaf (see ``stack_batches``) and returns the state after all steps
+    and ``{'loss': (steps,) array, 'step': (steps,) int32}``, the loss of each step and the
+    step number it was taken at (feed them to ``first_nonfinite_step``).
+    """
+    step = make_train_step_fn(loss_fn, apply_kwargs=apply_kwargs)
+
+    def body(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        taken_at = state.step
+        state, metrics = step(state, batch)
+        return state, {**metrics, "step": taken_at}
+
+    def epoch(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
+        return jax.lax.scan(body, state, batches)
+
+    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(
+    loss_fn: LossFn, *, apply_kwargs: Mapping[str, Any] | None = None
+) -> Callable[[TrainState, Batch], Metrics]:
+    """A jitted ``eval_step(state, batch) -> {'loss': () array, 'outputs': model outputs}``:
+    no gradient, no state update, no dropout key (pass e.g. ``apply_kwargs={'train': False}``
+    so that BatchNorm uses its running statistics)."""
+    kwargs = dict(apply_kwargs or {})
+
+    def step(state: TrainState, batch: Batch) -> Metrics:
+        inputs, targets = batch
+        outputs = state.apply_fn(state.variables(), *_as_args(inputs), **kwargs)
+        return {"loss": loss_fn(outputs, targets), "outputs": outputs}
+
+    return jax.jit(step)
+
+
+def stack_batches(batches: Sequence[Batch]) -> Batch:
+    """Stack equally shaped batches on a new leading axis: ``n`` batches of (B, ...) leaves give
+    one batch of (n, B, ...) leaves, the input of ``make_train_epoch``'s function."""
+    if not batches:
+        raise ValueError("stack_batches needs at least one batch")
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
+
+
+# --- non-finite losses --------------------------------------------------------------------------
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss was NaN or infinite; ``step`` is the step it was taken at, ``loss`` its value."""
+
+    def __init__(self, step: int, loss: float):
+        self.step = step
+        self.loss = loss
+        super().__init__(f"loss is {loss} at step {step}: the first non-finite loss")
+
+
+def first_nonfinite_step(losses: Any, first_step: int = 0) -> int | None:
+    """The step of the first NaN or infinite loss, or None if all are finite.
+
+    Args:
+      losses: (steps,) losses, e.g. ``make_train_epoch``'s ``metrics['loss']``.
+      first_step: the step number of ``losses[0]`` (``metrics['step'][0]``).
+    """
+    losses = np.asarray(losses)
+    if losses.ndim != 1:
+        raise ValueError(f"losses must be a (steps,) array, got shape {losses.shape}")
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return None if bad.size == 0 else first_step + int(bad[0])
+
+
+def raise_if_nonfinite(losses: Any, first_step: int = 0) -> None:
+    """Raise ``NonFiniteLossError`` naming the first step whose loss is NaN or infinite."""
+    step = first_nonfinite_step(losses, first_step)
+    if step is not None:
+        raise NonFiniteLossError(step, float(np.asarray(losses)[step - first_step]))
