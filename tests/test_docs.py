@@ -122,6 +122,30 @@ def test_every_document_has_runnable_blocks(doc):
     assert not duplicates, f"{doc}: sections share a heading, their blocks would mix: {duplicates}"
 
 
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_documents_point_at_existing_headings():
+    anchors = {
+        doc: {
+            github_anchor(line.lstrip("#"))
+            for line in (DOCS_DIR / doc).read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")
+        }
+        for doc in DOCS
+    }
+    broken = []
+    for doc in DOCS:
+        text = (DOCS_DIR / doc).read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([\w.-]*\.md)?#([^)]+)\)", text):
+            target = target or doc
+            if target not in anchors or anchor not in anchors[target]:
+                broken.append(f"{doc} -> {target}#{anchor}")
+    assert not broken, f"links to missing headings: {broken}"
+
+
 def test_parser_finds_sections_lines_and_tags(tmp_path):
     md = tmp_path / "x.md"
     md.write_text(
