@@ -386,7 +386,8 @@ class LinenView:
     ``variables['params']`` uses the Linen names. The model itself is not modified: each call
     merges a fresh copy from the model's graph definition and the given arrays, so ``jax.grad``
     with respect to ``variables`` works, and code written for a Linen port (for example
-    ``funcmod.parity.check_parity``) runs the NNX model unchanged.
+    ``funcmod.parity.check_parity``) runs the NNX model unchanged. State other than parameters
+    (batch statistics, say) is taken as it was when the view was made.
     """
 
     def __init__(self, model: nnx.Module):
