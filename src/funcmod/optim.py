@@ -35,6 +35,9 @@ What each torch optimizer becomes (checked against both libraries' sources):
 Several param groups become ``optax.multi_transform`` with one transformation per group, labelled
 by which torch parameters are in which group (mapped to Flax paths by ``funcmod.convert``);
 parameters in no group, or with ``requires_grad=False``, are not updated (torch skips them).
+A parameter that the loss does not reach is the one case this cannot see: torch leaves its
+``.grad`` None and skips it (no weight decay, no momentum), ``jax.grad`` gives it zeros, which
+the transformation still decays and feeds to the momentum.
 ``max_grad_norm`` puts ``clip_grad_norm`` (``torch.nn.utils.clip_grad_norm_``) first.
 
 Settings that cannot be reproduced exactly raise ``NotImplementedError`` naming the setting:
