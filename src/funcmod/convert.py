@@ -369,8 +369,8 @@ def torch_to_flax(
 def torch_grads_to_flax(module: nn.Module) -> dict[str, Any]:
     """The ``.grad`` of every parameter of ``module``, in Flax's layout and names.
 
-    Returns ``{'params': {...}}`` as numpy arrays; a parameter with no gradient yet gives zeros,
-    which is what ``jax.grad`` returns for a parameter that does not affect the loss.
+    Returns ``{'params': {...}}`` as numpy arrays (copies); a parameter with no gradient yet
+    gives zeros, which is what ``jax.grad`` returns for a parameter that does not affect the loss.
     """
     flat = {}
     for e in _entries(module):
@@ -378,7 +378,8 @@ def torch_grads_to_flax(module: nn.Module) -> dict[str, Any]:
             continue
         g = e.tensor.grad
         g = torch.zeros_like(e.tensor) if g is None else g
-        flat[e.flax_path] = e.rule.to_flax(_tensor_to_numpy(g))
+        # A copy: the numpy view would change under a later in-place op on .grad.
+        flat[e.flax_path] = np.array(e.rule.to_flax(_tensor_to_numpy(g)))
     return traverse_util.unflatten_dict(flat)
 
 
