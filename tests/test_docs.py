@@ -20,8 +20,8 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the documents put PyTorch next to Flax
 
-DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
-DOCS = ["migration.md", "claims.md", "pitfalls.md"]
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "docs/migration.md", "docs/claims.md", "docs/pitfalls.md"]
 RUN_TAGS = {"python"}  # the tag of every block that runs
 # Tags that look like python but would be skipped: a block written with one fails the suite.
 SUSPICIOUS_TAGS = {"py", "python3", "py3", "pycon", "ipython", "pytest"}
@@ -51,7 +51,7 @@ def parse(path: Path) -> list[Block]:
             elif line.startswith("## "):
                 section = line[3:].strip()
         elif line.strip() == fence:
-            blocks.append(Block(path.name, section, start, tag, "\n".join(lines)))
+            blocks.append(Block(str(path), section, start, tag, "\n".join(lines)))
             fence = None
         else:
             lines.append(line)
@@ -63,7 +63,7 @@ def parse(path: Path) -> list[Block]:
 def _sections() -> list[tuple[str, str]]:
     out = []
     for doc in DOCS:
-        path = DOCS_DIR / doc
+        path = ROOT / doc
         if not path.exists():  # reported by test_every_document_has_runnable_blocks
             continue
         seen = []
@@ -87,7 +87,7 @@ def run_blocks(blocks: list[Block], module_name: str = "funcmod_docs") -> dict:
             # Pad with newlines so tracebacks give the block's line numbers in the markdown
             # file; dont_inherit keeps this file's `from __future__ import annotations` out.
             source = "\n" * (b.line - 1) + b.code
-            exec(compile(source, str(DOCS_DIR / b.doc), "exec", dont_inherit=True), vars(module))
+            exec(compile(source, b.doc, "exec", dont_inherit=True), vars(module))
     finally:
         del sys.modules[module_name]
     return vars(module)
@@ -99,7 +99,7 @@ def _slug(text: str) -> str:
 
 @pytest.mark.parametrize(("doc", "section"), _sections(), ids=_slug)
 def test_section_runs(doc, section):
-    blocks = [b for b in parse(DOCS_DIR / doc) if b.tag in RUN_TAGS]
+    blocks = [b for b in parse(ROOT / doc) if b.tag in RUN_TAGS]
     preamble = [b for b in blocks if not b.section]
     body = [b for b in blocks if b.section == section]
     run_blocks(preamble + body, f"funcmod_docs_{_slug(doc + '-' + section).replace('-', '_')}")
@@ -107,7 +107,7 @@ def test_section_runs(doc, section):
 
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_document_has_runnable_blocks(doc):
-    path = DOCS_DIR / doc
+    path = ROOT / doc
     assert path.exists(), f"{path} is missing"
     blocks = parse(path)
     assert any(b.tag in RUN_TAGS for b in blocks), f"{doc} has no python block"
@@ -131,18 +131,24 @@ def test_links_between_documents_point_at_existing_headings():
     anchors = {
         doc: {
             github_anchor(line.lstrip("#"))
-            for line in (DOCS_DIR / doc).read_text(encoding="utf-8").splitlines()
+            for line in (ROOT / doc).read_text(encoding="utf-8").splitlines()
             if line.startswith("#")
         }
         for doc in DOCS
     }
     broken = []
     for doc in DOCS:
-        text = (DOCS_DIR / doc).read_text(encoding="utf-8")
-        for target, anchor in re.findall(r"\]\(([\w.-]*\.md)?#([^)]+)\)", text):
-            target = target or doc
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#([^)]+)\)", text):
+            # a link's target is relative to the linking document's folder
+            target = (Path(doc).parent / target).as_posix() if target else doc
             if target not in anchors or anchor not in anchors[target]:
                 broken.append(f"{doc} -> {target}#{anchor}")
+    for doc in DOCS:  # links to whole files
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([\w./-]+\.(?:md|py))\)", text):
+            if not (ROOT / Path(doc).parent / target).exists():
+                broken.append(f"{doc} -> {target}")
     assert not broken, f"links to missing headings: {broken}"
 
 
