@@ -46,3 +46,22 @@ def test_digits_jax_run_repeats_bitwise(tmp_path):
 def test_digits_rejects_unknown_model(tmp_path):
     with pytest.raises(ValueError, match="'mlp' or 'cnn'"):
         train_and_evaluate(DigitsConfig(model="resnet"), tmp_path)
+
+
+def test_example_scripts_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "digits_mlp.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--epochs", "1", "--hidden", "8", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
+    assert summary["steps"] == 1438 // 32 and summary["config"]["hidden"] == 8
+    assert (tmp_path / "digits_mlp_loss.png").exists()

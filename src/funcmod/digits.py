@@ -34,7 +34,7 @@ from funcmod.train import (
 )
 from funcmod.tree import compare_trees
 
-__all__ = ["DigitsConfig", "train_and_evaluate"]
+__all__ = ["DigitsConfig", "main", "train_and_evaluate"]
 
 
 @dataclass(frozen=True)
@@ -168,3 +168,32 @@ def train_and_evaluate(config: DigitsConfig, workdir: str | Path) -> dict[str, A
     }
     (workdir / f"digits_{config.model}.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "torch_losses": torch_losses, "flax_losses": flax_loss.tolist()}
+
+
+def main(model: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line of ``examples/digits_<model>.py``: parse flags, train, print a summary."""
+    import argparse
+
+    defaults = DigitsConfig(model=model, hidden=64 if model == "mlp" else 16)
+    parser = argparse.ArgumentParser(
+        description=f"Train the {model.upper()} port and its PyTorch twin on the digits."
+    )
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--workdir", default="results")
+    args = parser.parse_args(argv)
+    config = dataclasses.replace(
+        defaults,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+    result = train_and_evaluate(config, args.workdir)
+    summary = {k: v for k, v in result.items() if not k.endswith("_losses")}
+    print(json.dumps(summary, indent=2))
+    return result
