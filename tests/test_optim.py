@@ -66,6 +66,10 @@ CASES = {
     "sgd_nesterov_wd": lambda m: torch.optim.SGD(
         m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2
     ),
+    "sgd_dampening_wd": lambda m: torch.optim.SGD(
+        m.parameters(), lr=0.05, momentum=0.9, dampening=0.5, weight_decay=1e-2
+    ),
+    "sgd_dampening_no_momentum": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, dampening=0.5),
     "sgd_tensor_lr": lambda m: torch.optim.SGD(m.parameters(), lr=torch.tensor(0.05), momentum=0.5),
     "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-2),
     "adam_wd": lambda m: torch.optim.Adam(
@@ -204,11 +208,6 @@ def _mlp():
     ("make", "error", "match"),
     [
         (
-            lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, dampening=0.1),
-            NotImplementedError,
-            "dampening",
-        ),
-        (
             lambda m: torch.optim.SGD(m.parameters(), lr=0.1, maximize=True),
             NotImplementedError,
             "maximize",
@@ -229,7 +228,7 @@ def _mlp():
             "scheduler",
         ),
     ],
-    ids=["dampening", "maximize", "differentiable", "rmsprop", "scheduler"],
+    ids=["maximize", "differentiable", "rmsprop", "scheduler"],
 )
 def test_settings_that_cannot_be_reproduced_raise(make, error, match):
     module = _mlp()

@@ -29,7 +29,7 @@ from flax import linen as nn
 torch = pytest.importorskip("torch")
 
 from funcmod.init import torch_bias_init, torch_kernel_init  # noqa: E402
-from funcmod.optim import clip_grad_norm, torch_adam  # noqa: E402
+from funcmod.optim import clip_grad_norm, torch_adam, torch_momentum  # noqa: E402
 from funcmod.tree import assert_trees_close, compare_trees  # noqa: E402
 
 RTOL = 1e-5  # float32 parity target
@@ -492,22 +492,6 @@ def measure_sgd() -> Result:
     }
     ported = {k: run_optax(tx) for k, (_, tx) in configs.items()}
     return Result(expected, ported, ported, "none when dampening is 0")
-
-
-def torch_momentum(momentum: float, dampening: float) -> optax.GradientTransformation:
-    """PyTorch's SGD momentum buffer: b = g on the first step, then b = mu*b + (1 - d)*g."""
-
-    def init(params):
-        return (jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
-
-    def update(grads, state, params=None):
-        count, buf = state
-        buf = jax.tree_util.tree_map(
-            lambda b, g: jnp.where(count == 0, g, momentum * b + (1 - dampening) * g), buf, grads
-        )
-        return buf, (count + 1, buf)
-
-    return optax.GradientTransformation(init, update)
 
 
 @pitfall("sgd_dampening", naive_min=1e-2)

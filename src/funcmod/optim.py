@@ -12,7 +12,9 @@ What each torch optimizer becomes (checked against both libraries' sources):
   sgd(lr, momentum, nesterov))``. torch adds ``wd * p`` to the gradient before the momentum, as
   the chain does. torch's first momentum buffer is the gradient itself and later ones are
   ``m * buf + g`` (with dampening 0); optax's trace starts at zeros and is ``g + m * trace``,
-  so its first value is ``g`` too. Nesterov is ``g + m * buf`` in both.
+  so its first value is ``g`` too. Nesterov is ``g + m * buf`` in both. With
+  ``dampening != 0`` (``m * buf + (1 - d) * g``, skipped on the first step) it is
+  ``chain(torch_momentum(m, d), scale(-lr))``: optax's trace has no dampening.
 * ``Adam(lr, betas, eps, weight_decay, amsgrad)`` and ``AdamW(...)`` (or
   ``Adam(decoupled_weight_decay=True)``): ``torch_adam(...)``, torch's Adam step written out as
   one optax transformation. It is ``optax.adam``'s algorithm (L2 decay added to the gradient
@@ -41,8 +43,8 @@ the transformation still decays and feeds to the momentum.
 ``max_grad_norm`` puts ``clip_grad_norm`` (``torch.nn.utils.clip_grad_norm_``) first.
 
 Settings that cannot be reproduced exactly raise ``NotImplementedError`` naming the setting:
-SGD ``dampening != 0``, ``maximize``, ``differentiable``, an lr scheduler, another optimizer
-class, an unknown param-group key; ``ValueError`` for an optimizer that has already stepped (its
+``maximize``, ``differentiable``, an lr scheduler, another optimizer class, an unknown
+param-group key; ``ValueError`` for an optimizer that has already stepped (its
 state is not carried over).
 
 Bitwise equality with torch is not possible: XLA on CPU contracts ``a * b + c`` into one fused
@@ -64,7 +66,7 @@ from flax import traverse_util
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TorchAdamState", "clip_grad_norm", "from_torch", "torch_adam"]
+__all__ = ["TorchAdamState", "clip_grad_norm", "from_torch", "torch_adam", "torch_momentum"]
 
 _SGD_KEYS = {"params", "lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"}
 _ADAM_KEYS = {"params", "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"}
@@ -130,15 +132,37 @@ def _check_group(name: str, i: int, group: dict[str, Any], allowed: set[str]) ->
         )
 
 
+def torch_momentum(momentum: float, dampening: float) -> optax.GradientTransformation:
+    """torch's SGD momentum buffer with dampening, as a transformation that outputs the buffer.
+
+    torch sets the buffer to the gradient itself on the first step and to
+    ``momentum * buf + (1 - dampening) * g`` after that: the dampening is skipped once.
+    ``optax.trace`` has no dampening. (torch forbids nesterov with dampening, so there is no
+    nesterov variant.) Follow it with ``optax.scale(-lr)``.
+    """
+
+    def init(params: Any) -> tuple[jax.Array, Any]:
+        return jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params)
+
+    def update(grads: Any, state: tuple[jax.Array, Any], params: Any = None):
+        del params
+        count, buf = state
+        buf = jax.tree.map(
+            lambda b, g: jnp.where(count == 0, g, momentum * b + (1 - dampening) * g), buf, grads
+        )
+        return buf, (count + 1, buf)
+
+    return optax.GradientTransformation(init, update)
+
+
 def _sgd(i: int, group: dict[str, Any]) -> optax.GradientTransformation:
     _check_group("SGD", i, group, _SGD_KEYS)
-    if group["dampening"] != 0:
-        raise NotImplementedError(
-            f"SGD param group {i}: dampening={group['dampening']} is not supported: torch skips "
-            f"the dampening on the first step (buffer = gradient), optax.trace has no dampening"
-        )
     momentum = _scalar(group["momentum"])
-    tx = optax.sgd(_scalar(group["lr"]), momentum or None, nesterov=bool(group["nesterov"]))
+    lr = _scalar(group["lr"])
+    if momentum and _scalar(group["dampening"]) != 0:  # torch rules out nesterov here
+        tx = optax.chain(torch_momentum(momentum, _scalar(group["dampening"])), optax.scale(-lr))
+    else:  # dampening is only read with momentum; without it optax.sgd is torch's update
+        tx = optax.sgd(lr, momentum or None, nesterov=bool(group["nesterov"]))
     wd = _scalar(group["weight_decay"])
     return optax.chain(optax.add_decayed_weights(wd), tx) if wd != 0 else tx
 
