@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test compare lint format clean
+.PHONY: venv test compare bench lint format clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ test: venv
 
 compare: venv
 	$(VENV)/bin/funcmod compare
+
+# Times a training step of every trainable example (Flax jitted and scanned, hand-written JAX,
+# torch eager and torch.compile) and writes results/bench.{json,md,png}; takes minutes.
+bench: venv
+	$(VENV)/bin/funcmod bench --out results
 
 lint: venv
 	$(VENV)/bin/ruff check .

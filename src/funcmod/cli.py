@@ -202,7 +202,41 @@ def build_parser() -> argparse.ArgumentParser:
         "docs/pitfalls.md)",
     )
     p.set_defaults(func=compare)
+    from funcmod.bench import bench_defaults
+
+    d = bench_defaults()
+    b = sub.add_parser(
+        "bench", help="time a training step: jitted Flax vs torch eager and torch.compile"
+    )
+    trainable = [n for n, e in EXAMPLES.items() if e.trainable]
+    b.add_argument("examples", nargs="*", help=f"examples (default: all trainable: {trainable})")
+    b.add_argument("--batch-sizes", type=int, nargs="+", help=f"default {d['batch_sizes']}")
+    b.add_argument(
+        "--image-sizes",
+        type=int,
+        nargs="*",
+        help=f"image examples also run at these sizes, besides their own ({d['image_sizes']})",
+    )
+    b.add_argument("--optimizer", help=f"sgd, adam or adamw (default {d['optimizer']})")
+    b.add_argument("--rounds", type=int, help=f"timed rounds, median reported ({d['rounds']})")
+    b.add_argument("--min-time", type=float, help=f"seconds per measurement ({d['min_time']})")
+    b.add_argument("--torch-threads", type=int, nargs="+", help="default: torch's own and 1")
+    b.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
+    b.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    b.add_argument("--out", help="also write bench.json, bench.md and bench.png here")
+    b.set_defaults(func=_bench)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("funcmod bench needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
+        return 2
+    from funcmod.bench import command
+
+    return command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

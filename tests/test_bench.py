@@ -1,0 +1,223 @@
+"""funcmod bench: the machinery on tiny cases. Structure and arithmetic only: speed is measured by
+`funcmod bench`, never asserted in a test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from funcmod import bench
+from funcmod.bench import BenchConfig, Case, CompileCounter
+
+# One round of a few steps, torch at one thread, a small matmul for the peak.
+TINY = {
+    "rounds": 2,
+    "min_time": 0.001,
+    "max_steps": 3,
+    "warmup": 1,
+    "scan_steps": 2,
+    "torch_compile": False,
+    "torch_threads": (1,),
+    "matmul_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def mlp_row():
+    config = BenchConfig(examples=("MLP",), **TINY)
+    return bench.bench_case(Case("MLP", 4), config)
+
+
+def test_bench_case_structure_and_positive_timings(mlp_row):
+    row = mlp_row
+    assert (row["example"], row["batch"], row["image_size"], row["small"]) == ("MLP", 4, None, True)
+    assert set(row["variants"]) == {"flax_step", "flax_scan", "pure_jax", "torch_eager_t1"}
+    assert row["best_torch"] == {"torch_eager": "torch_eager_t1"}
+    assert row["flops"] > 0
+    assert row["scan_steps"] == 2
+    for name, v in row["variants"].items():
+        assert v["step_s"] > 0 and v["first_call_s"] > 0, name
+        lo, hi = v["step_s_quartiles"]
+        assert 0 < lo <= v["step_s"] <= hi, name
+        assert v["steps_per_measurement"] % v["steps_per_call"] == 0, name
+        assert v["gflops"] == pytest.approx(row["flops"] / v["step_s"] / 1e9), name
+    assert set(row["variants"]["flax_step"]["first_call_detail_s"]) == {
+        "trace_s",
+        "lower_s",
+        "xla_compile_s",
+    }
+    assert row["recompiles"] == 0  # the timed rounds reuse the compiled steps
+
+
+def test_ratios_are_ratios_of_the_medians(mlp_row):
+    t = {name: v["step_s"] for name, v in mlp_row["variants"].items()}
+    r = mlp_row["ratios"]
+    assert r["eager_over_step"] == pytest.approx(t["torch_eager_t1"] / t["flax_step"])
+    assert r["eager_over_scan"] == pytest.approx(t["torch_eager_t1"] / t["flax_scan"])
+    assert r["step_overhead"] == pytest.approx(t["flax_step"] / t["pure_jax"] - 1)
+    assert "compile_over_step" not in r  # torch.compile was not run
+
+
+def test_image_case_uses_the_image_size():
+    config = BenchConfig(examples=("SimpleCNN",), **{**TINY, "rounds": 1})
+    row = bench.bench_case(Case("SimpleCNN", 2, 8), config)
+    assert row["image_size"] == 8 and row["small"] is False
+    # forward and kernel gradient of a 3x3, 3 -> 16 convolution at least: 2 * 2 * (2*8*8*16*27)
+    assert row["flops"] >= 4 * 2 * 8 * 8 * 16 * 27
+
+
+def test_default_cases_cover_every_trainable_example_at_both_batches():
+    config = BenchConfig(torch_compile=False)
+    cases = bench.default_cases(config)
+    labels = {(c.example, c.batch, c.image_size) for c in cases}
+    assert ("SimpleCNN", 32, 32) in labels and ("SimpleCNN", 256, 64) in labels
+    assert ("SimpleConvNet", 256, 64) in labels and ("MLP", 256, None) in labels
+    assert {c.example for c in cases} == set(config.examples)
+    assert len(config.examples) == 8 and len(cases) == 18
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"examples": ("SimpleAdder",)}, "no parameters"),
+        ({"examples": ("Nope",)}, "unknown examples"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"batch_sizes": (0,)}, "batch_sizes"),
+        ({"jax_variants": ("flax_fast",)}, "jax_variants"),
+        ({"torch_threads": (0,)}, "torch_threads"),
+    ],
+)
+def test_config_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**kwargs)
+
+
+def test_jitted_steps_do_not_recompile_on_a_second_call():
+    """The bench times calls 2..n of each jitted step: they must reuse the first compile."""
+    import optax
+
+    from funcmod.catalog import EXAMPLES
+    from funcmod.train import create_train_state
+
+    model = EXAMPLES["MLP"].flax_module()
+    x, y = jnp.ones((4, 10)), jnp.ones((4, 2))
+    variables = model.init(jax.random.key(0), x)
+    tx = optax.sgd(0.1)
+    state = create_train_state(model, variables, tx)
+    epoch_state = create_train_state(model, variables, tx)
+    params = jax.tree.map(jnp.array, variables["params"])
+    opt_state = tx.init(params)
+    stacked = (jnp.stack([x, x]), jnp.stack([y, y]))
+    steps = bench.jitted_steps()
+    assert bench.jitted_steps() is steps  # built once
+    for call in (1, 2):
+        with CompileCounter() as counter:
+            state, _ = steps.train_step(state, (x, y))
+            epoch_state, _ = steps.train_epoch(epoch_state, stacked)
+            params, opt_state, loss = steps.pure_step(model.apply, tx, params, opt_state, (x,), y)
+            jax.block_until_ready(loss)
+        if call == 1:
+            assert counter.compiles >= 3
+        else:
+            assert counter.compiles == 0
+
+
+def _fake_row(example, batch, small, eager, step, compile_=None, overhead=0.0, first=0.5):
+    ratios = {"eager_over_step": eager / step, "step_overhead": overhead}
+    if compile_ is not None:
+        ratios["compile_over_step"] = compile_ / step
+    variants = {name: {"first_call_s": first} for name in bench.JAX_VARIANTS}
+    return {"example": example, "batch": batch, "image_size": None, "small": small,
+            "ratios": ratios, "variants": variants}  # fmt: skip
+
+
+def test_evaluate_targets_names_the_failing_cases():
+    rows = [
+        _fake_row("MLP", 32, True, eager=6.0, step=1.0, compile_=8.0),
+        _fake_row("MLP", 256, True, eager=3.0, step=1.0, compile_=4.0, overhead=0.08),
+        _fake_row("SimpleCNN", 32, False, eager=0.9, step=1.0, compile_=0.5, first=2.5),
+    ]
+    targets = {t["target"]: t for t in bench.evaluate_targets({"cases": rows})}
+    assert set(targets) == {key for key, _ in bench.TARGETS}
+    assert targets["step_beats_eager"]["ok"] is False
+    assert targets["step_beats_eager"]["failing"] == ["SimpleCNN b32"]
+    assert targets["step_beats_eager"]["worst"] == pytest.approx(0.9)
+    assert targets["small_5x_eager"]["ok"] is True  # only MLP b32 counts: 6x
+    assert targets["step_beats_compile"]["failing"] == ["SimpleCNN b32"]
+    assert targets["overhead_5pct"]["failing"] == ["MLP b256"]
+    assert targets["compile_2s"]["ok"] is False
+    assert targets["compile_2s"]["worst"] == pytest.approx(2.5)
+
+
+def test_evaluate_targets_without_torch_compile_is_not_measured():
+    rows = [_fake_row("MLP", 32, True, eager=6.0, step=1.0)]
+    targets = {t["target"]: t for t in bench.evaluate_targets({"cases": rows})}
+    assert targets["step_beats_compile"]["ok"] is None
+
+
+def test_run_bench_writes_json_markdown_and_png(tmp_path):
+    config = BenchConfig(examples=("MultiplyByTwo",), **TINY)
+    lines = []
+    result = bench.run_bench(config, cases=[Case("MultiplyByTwo", 4)], progress=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("MultiplyByTwo b4:")
+    assert result["machine"]["backend"] == jax.default_backend()
+    assert set(result["machine"]["versions"]) >= {"jax", "jaxlib", "flax", "optax", "torch"}
+    peak = result["peak"]
+    assert peak["flops"] == 2 * 64**3
+    assert peak["peak_gflops"] == max(peak["jax_gflops"], peak["torch_gflops"]) > 0
+    (row,) = result["cases"]
+    fraction = row["variants"]["flax_step"]["peak_fraction"]
+    assert math.isclose(fraction, row["variants"]["flax_step"]["gflops"] / peak["peak_gflops"])
+    paths = bench.write_results(result, tmp_path / "results")
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["cases"][0]["example"] == "MultiplyByTwo"
+    markdown = paths["markdown"].read_text()
+    assert "| MultiplyByTwo b4 |" in markdown and "| target | result | worst case |" in markdown
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_prints_json(capsys):
+    from funcmod.cli import main
+
+    argv = ["bench", "MultiplyByTwo", "--batch-sizes", "4", "--rounds", "1", "--min-time", "0"]
+    assert main([*argv, "--no-torch-compile", "--torch-threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["example"], r["batch"]) for r in out["cases"]] == [("MultiplyByTwo", 4)]
+    assert out["config"]["torch_compile"] is False
+
+
+def test_cli_bench_rejects_bad_arguments(capsys):
+    from funcmod.cli import main
+
+    assert main(["bench", "SimpleAdder", "--no-torch-compile"]) == 2
+    assert "no parameters" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torch_compile_variant(tmp_path):
+    """torch.compile of the tiniest step (its compile takes seconds): timed and in the ratios."""
+    config = BenchConfig(examples=("MultiplyByTwo",), **{**TINY, "torch_compile": True})
+    row = bench.bench_case(Case("MultiplyByTwo", 4), config)
+    assert row["best_torch"]["torch_compile"] == "torch_compile_t1"
+    t = row["variants"]
+    assert t["torch_compile_t1"]["first_call_s"] > 0 and t["torch_compile_t1"]["step_s"] > 0
+    assert row["ratios"]["compile_over_step"] == pytest.approx(
+        t["torch_compile_t1"]["step_s"] / t["flax_step"]["step_s"]
+    )
+
+
+def test_time_interleaved_takes_one_sample_per_round_and_run():
+    calls = []
+    runs = {"a": lambda n: calls.append(("a", n)), "b": lambda n: calls.append(("b", n))}
+    samples = bench.time_interleaved(runs, {"a": 2, "b": 3}, rounds=3)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    assert all(s >= 0 for v in samples.values() for s in v)
+    assert calls == [("a", 2), ("b", 3), ("b", 3), ("a", 2), ("a", 2), ("b", 3)]  # rotated
+    assert np.all(np.isfinite(samples["a"]))
