@@ -17,9 +17,22 @@ Models with BatchNorm keep their running statistics in ``state.batch_stats`` (th
 the model with ``mutable=['batch_stats']``); models with dropout get a fresh key every step,
 ``fold_in(dropout_key, step)``, so a run is reproducible from its seed and its step count.
 
-Because the step is a pure function of ``(state, batch)`` (``make_train_step_fn`` gives it
-unjitted), data parallelism over a ``jax.sharding.Mesh`` is a matter of wrapping it in
-``jax.jit`` with ``in_shardings``: the batch sharded along a data axis, the state replicated.
+Data parallelism: the step is a pure function of ``(state, batch)`` (``make_train_step_fn``
+gives it unjitted), so training on many devices is the same step jitted with shardings. Pass a
+``jax.sharding.Mesh`` (``data_mesh()``: one axis ``'data'`` over ``jax.devices()``)::
+
+    mesh = data_mesh()                                # Mesh('data': n_devices)
+    state = replicate(create_train_state(...), mesh)  # every device holds all parameters
+    train_step = make_train_step(mse, mesh=mesh)      # batch split along 'data'
+    state, metrics = train_step(state, (x, y))        # x: (B, ...), B divisible by n_devices
+
+Each device computes the loss and gradient of its rows; the loss is the mean over the global
+batch, so XLA inserts the all-reduce that sums the per-device partial gradients (PyTorch DDP's
+gradient averaging). BatchNorm statistics are those of the global batch too (like
+``torch.nn.SyncBatchNorm``, not like DDP's per-process BatchNorm), and dropout draws the mask it
+draws on one device (``jax_threefry_partitionable``, JAX's default). On a one-device mesh the
+step is bitwise the single-device step. Over several processes (``funcmod.distributed``) every
+process runs the same program and feeds its own rows of the global batch (``process_rows``).
 """
 
 from __future__ import annotations
@@ -34,19 +47,28 @@ import optax
 from flax import linen as nn
 from flax import struct
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from funcmod.tree import path_str
 
 __all__ = [
+    "DATA_AXIS",
     "Batch",
     "NonFiniteLossError",
     "TrainState",
     "create_train_state",
+    "data_mesh",
     "first_nonfinite_step",
     "make_eval_step",
     "make_train_epoch",
     "make_train_step",
     "make_train_step_fn",
     "mse",
+    "process_rows",
     "raise_if_nonfinite",
+    "replicate",
+    "shard_batch",
     "softmax_cross_entropy",
     "stack_batches",
 ]
@@ -162,6 +184,166 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+# --- data parallelism ---------------------------------------------------------------------------
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS) -> Mesh:
+    """A one-axis mesh of shape ``(len(devices),)`` whose axis is named ``axis``.
+
+    Args:
+      devices: the devices a batch is split over; default ``jax.devices()``: every device of
+        every process (after ``jax.distributed.initialize``, the devices of all hosts).
+      axis: the axis name that ``shard_batch`` and the train steps split batches along.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("data_mesh needs at least one device, got none")
+    return Mesh(np.array(devices, dtype=object), (axis,))
+
+
+def _check_axis(mesh: Mesh, axis: str) -> None:
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh has axes {mesh.axis_names}; expected one named {axis!r}")
+
+
+def _batch_sharding(mesh: Mesh, axis: str, batch_axis: int) -> NamedSharding:
+    """Leaves split along their axis ``batch_axis`` over the mesh axis ``axis``."""
+    return NamedSharding(mesh, P(*([None] * batch_axis), axis))
+
+
+def _local_shards(mesh: Mesh, axis: str) -> int:
+    """How many of the ``mesh.shape[axis]`` positions along ``axis`` this process's devices
+    hold (all of them in a single process)."""
+    i = mesh.axis_names.index(axis)
+    me = jax.process_index()
+    return len({idx[i] for idx, d in np.ndenumerate(mesh.devices) if d.process_index == me})
+
+
+def process_rows(batch_size: int, mesh: Mesh, axis: str = DATA_AXIS) -> np.ndarray:
+    """The rows of a global batch of ``batch_size`` rows that this process feeds.
+
+    In a multi-process run every process builds (or loads) only ``global_batch[rows]`` and passes
+    it to ``shard_batch``; in a single process the rows are all of them.
+
+    Returns:
+      (batch_size * local_devices / devices,) int64 row indices, increasing: the rows that land
+      on this process's devices of the mesh axis ``axis``.
+
+    Raises:
+      ValueError: ``batch_size`` does not divide evenly over the devices of ``axis``.
+    """
+    _check_axis(mesh, axis)
+    n_devices = mesh.shape[axis]
+    if batch_size % n_devices:
+        raise ValueError(
+            f"global batch size {batch_size} does not divide evenly over the {n_devices} devices "
+            f"of mesh axis {axis!r}; use a multiple of {n_devices}"
+        )
+    index_map = _batch_sharding(mesh, axis, 0).addressable_devices_indices_map((batch_size,))
+    rows = {r for index in index_map.values() for r in range(*index[0].indices(batch_size))}
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+def shard_batch(batch: Any, mesh: Mesh, *, axis: str = DATA_AXIS, batch_axis: int = 0) -> Any:
+    """Split every leaf of ``batch`` along its axis ``batch_axis`` over the mesh axis ``axis``.
+
+    Args:
+      batch: a pytree of arrays with the batch on axis ``batch_axis``: (B, ...) leaves for a
+        train step, (steps, B, ...) with ``batch_axis=1`` for an epoch. In a single process the
+        whole batch; in a multi-process run this process's rows of it (``process_rows``),
+        (B * local_devices / devices, ...). A ``jax.Array`` leaf that already has the target
+        sharding is passed through as it is.
+      mesh: the device mesh.
+      axis: the mesh axis to split along.
+      batch_axis: the batch axis of every leaf.
+
+    Returns:
+      the batch with global ``jax.Array`` leaves, ``NamedSharding(mesh, P(..., axis))``: each of
+      the ``mesh.shape[axis]`` devices holds B / devices rows of every leaf.
+
+    Raises:
+      ValueError: a leaf's batch size does not divide evenly over the devices (the message names
+        both numbers and the leaf), or a leaf has no axis ``batch_axis``.
+    """
+    _check_axis(mesh, axis)
+    sharding = _batch_sharding(mesh, axis, batch_axis)
+    n_devices, local = mesh.shape[axis], _local_shards(mesh, axis)
+
+    def put(keypath: Any, leaf: Any) -> jax.Array:
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        shape = np.shape(leaf)
+        where = f"batch leaf {path_str(keypath) or '<root>'} of shape {shape}"
+        if len(shape) <= batch_axis:
+            raise ValueError(f"{where} has no batch axis {batch_axis}")
+        size = shape[batch_axis]
+        if size % local:
+            if local == n_devices:
+                raise ValueError(
+                    f"batch size {size} does not divide evenly over {n_devices} devices (mesh "
+                    f"axis {axis!r}; {where}): use a batch size that is a multiple of {n_devices}"
+                )
+            raise ValueError(
+                f"this process's batch size {size} does not divide evenly over its {local} "
+                f"devices ({n_devices} devices in all on mesh axis {axis!r}; {where}): use a "
+                f"global batch size that is a multiple of {n_devices}"
+            )
+        if not mesh.is_multi_process:
+            return jax.device_put(leaf, sharding)
+        return jax.make_array_from_process_local_data(sharding, leaf)
+
+    return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of ``tree`` (a ``TrainState``, parameters) on every device of ``mesh``.
+
+    Returns global ``jax.Array`` leaves with ``NamedSharding(mesh, P())``; use them in place of
+    ``tree`` (they may share its buffers, which a donating step then consumes). In a
+    multi-process run every process passes the same values and places its copy on its devices.
+    """
+    sharding = NamedSharding(mesh, P())
+    if not mesh.is_multi_process:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf: Any) -> jax.Array:
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf), np.shape(leaf))
+
+    return jax.tree.map(put, tree)
+
+
+def _jit_step(
+    fn: Callable[[TrainState, Batch], Any],
+    *,
+    donate: bool,
+    mesh: Mesh | None,
+    axis: str,
+    batch_axis: int,
+) -> Callable[[TrainState, Batch], Any]:
+    """``fn`` jitted; with a mesh, the state and outputs replicated and the batch split."""
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+    _check_axis(mesh, axis)
+    replicated = NamedSharding(mesh, P())
+    jitted = jax.jit(
+        fn,
+        in_shardings=(replicated, _batch_sharding(mesh, axis, batch_axis)),
+        out_shardings=replicated,
+        donate_argnums=donate_argnums,
+    )
+
+    def sharded(state: TrainState, batch: Batch) -> Any:
+        return jitted(state, shard_batch(batch, mesh, axis=axis, batch_axis=batch_axis))
+
+    sharded.jitted = jitted  # type: ignore[attr-defined]  (for _cache_size(), lower(), ...)
+    return sharded
+
+
 # --- steps --------------------------------------------------------------------------------------
 
 
@@ -200,18 +382,33 @@ def make_train_step_fn(
 
 
 def make_train_step(
-    loss_fn: LossFn, *, apply_kwargs: Mapping[str, Any] | None = None, donate: bool = True
+    loss_fn: LossFn,
+    *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    donate: bool = True,
+    mesh: Mesh | None = None,
+    axis: str = DATA_AXIS,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """``make_train_step_fn`` jitted, with the state's buffers donated (the state passed in is
-    consumed: use the one returned). Compiles once per batch shape."""
-    return jax.jit(
-        make_train_step_fn(loss_fn, apply_kwargs=apply_kwargs),
-        donate_argnums=(0,) if donate else (),
-    )
+    consumed: use the one returned). Compiles once per batch shape.
+
+    With ``mesh``, data parallel over the mesh axis ``axis``: the batch's (B, ...) leaves are
+    split along B (``shard_batch``, called by the step: numpy batches are fine; in a
+    multi-process run pass this process's rows), the state and the metrics are replicated (pass
+    ``replicate(state, mesh)``). A batch that does not divide evenly over the devices raises
+    ValueError. The jitted function is the returned step's ``jitted`` attribute.
+    """
+    fn = make_train_step_fn(loss_fn, apply_kwargs=apply_kwargs)
+    return _jit_step(fn, donate=donate, mesh=mesh, axis=axis, batch_axis=0)
 
 
 def make_train_epoch(
-    loss_fn: LossFn, *, apply_kwargs: Mapping[str, Any] | None = None, donate: bool = True
+    loss_fn: LossFn,
+    *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    donate: bool = True,
+    mesh: Mesh | None = None,
+    axis: str = DATA_AXIS,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Many train steps in one dispatch: ``jax.lax.scan`` of the train step over stacked batches.
 
@@ -219,6 +416,9 @@ def make_train_epoch(
     (steps,) axis on every leaf (see ``stack_batches``) and returns the state after all steps
     and ``{'loss': (steps,) array, 'step': (steps,) int32}``, the loss of each step and the
     step number it was taken at (feed them to ``first_nonfinite_step``).
+
+    With ``mesh``, data parallel as ``make_train_step``: the (steps, B, ...) leaves are split
+    along B (their axis 1), the state and the metrics are replicated.
     """
     step = make_train_step_fn(loss_fn, apply_kwargs=apply_kwargs)
 
@@ -230,7 +430,7 @@ def make_train_epoch(
     def epoch(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
         return jax.lax.scan(body, state, batches)
 
-    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
+    return _jit_step(epoch, donate=donate, mesh=mesh, axis=axis, batch_axis=1)
 
 
 def make_eval_step(
