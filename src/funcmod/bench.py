@@ -956,10 +956,14 @@ def plot_ratios(result: dict[str, Any], path: str | Path) -> Path:
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
-    ax.set_ylabel("speed-up of the Flax step (x, log scale)")
+    ax.set_ylabel("torch time / Flax time (log scale; > 1: Flax faster)")
     ax.set_xticks(x, [_case_label(r) for r in rows], rotation=60, ha="right", fontsize=8)
-    ax.set_title(f"funcmod bench: {result['machine']['cpu']}, {result['machine']['cores']} cores")
-    ax.legend(fontsize=8)
+    machine = result["machine"]
+    ax.set_title(
+        f"funcmod bench: {machine['cpu']}, {machine['cores']} cores, JAX {machine['backend']}",
+        pad=28,
+    )
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
