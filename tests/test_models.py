@@ -306,3 +306,12 @@ def test_jit_matches_eager(name):
     jitted = jax.jit(model.apply)(variables, *xs)
     assert jitted.shape == eager.shape
     assert_trees_close(jitted, eager, rtol=1e-6, what=f"{name} jit vs eager")
+
+
+def test_twin_dtype_accepts_numpy_and_torch_dtypes_and_refuses_others():
+    ex = EXAMPLES["MLP"]
+    assert ex.torch_module(np.float64).linear1.weight.dtype == torch.float64
+    assert ex.torch_module(torch.float64).linear1.weight.dtype == torch.float64
+    assert ex.torch_module().linear1.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="MLP: dtype must be float32 or float64, got int32"):
+        ex.torch_module(np.int32)

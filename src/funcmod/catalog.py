@@ -55,14 +55,19 @@ class Example:
             kwargs["param_dtype"] = param_dtype
         return cls(**kwargs)
 
-    def torch_module(self, dtype: Any = None):
-        """The PyTorch twin, in ``dtype`` (a torch dtype; float32 when None)."""
+    def torch_module(self, dtype: Any = np.float32):
+        """The PyTorch twin, in ``dtype``: ``np.float32``/``np.float64`` or a torch dtype."""
         import torch
 
         from funcmod import torch_models
 
+        if not isinstance(dtype, torch.dtype):
+            np_dtype = np.dtype(dtype)
+            if np_dtype not in (np.float32, np.float64):
+                raise ValueError(f"{self.name}: dtype must be float32 or float64, got {np_dtype}")
+            dtype = getattr(torch, np_dtype.name)
         module = getattr(torch_models, self.name)(**self.kwargs)
-        return module.to(torch.float32 if dtype is None else dtype)
+        return module.to(dtype)
 
     def make_inputs(
         self,

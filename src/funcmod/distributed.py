@@ -95,7 +95,6 @@ same number of steps, and the global batch size must divide evenly over all devi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -112,6 +111,7 @@ from jax.sharding import Mesh
 from funcmod.catalog import EXAMPLES, Example
 from funcmod.layout import to_channels_first, to_channels_last
 from funcmod.optim import torch_adam
+from funcmod.precision import x64_for
 from funcmod.train import (
     create_train_state,
     data_mesh,
@@ -196,10 +196,6 @@ class Run:
         )
 
 
-def _x64(dtype: np.dtype) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
-
-
 def _dtype(dtype: Any) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype.name not in TARGETS:
@@ -230,7 +226,7 @@ def initial_variables(
     arrays (the same in every process: the port initialises like PyTorch, from the key)."""
     ex, dtype = _example(example), _dtype(dtype)
     x = _flax_inputs(ex, ex.make_inputs(np.random.default_rng(0), 1, dtype, image_size))
-    with _x64(dtype):
+    with x64_for(dtype):
         variables = ex.flax_module(dtype).init(jax.random.key(seed), *x)
         return jax.tree.map(np.asarray, variables)
 
@@ -260,7 +256,7 @@ def example_data(
         raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
     rng = np.random.default_rng(seed)
     probe = _flax_inputs(ex, ex.make_inputs(np.random.default_rng(0), batch, dtype, image_size))
-    with _x64(dtype):
+    with x64_for(dtype):
         out = jax.eval_shape(ex.flax_module(dtype).apply, variables, *probe)
     out_shape = np.shape(to_channels_first(np.empty(out.shape, dtype), ex.output_layout))
     inputs, targets = [], []
@@ -323,7 +319,7 @@ def train_example(
     def loss_fn(outputs: jax.Array, y: jax.Array) -> jax.Array:
         return mse(to_channels_first(outputs, ex.output_layout), y)
 
-    with _x64(dtype):
+    with x64_for(dtype):
         state = create_train_state(ex.flax_module(dtype), variables, torch_adam(LR))
         if mesh is not None:
             state = replicate(state, mesh)
@@ -515,7 +511,7 @@ def _ddp_worker(
     )
     try:
         for i, job in enumerate(jobs):
-            twin = EXAMPLES[job.example].torch_module(getattr(torch, job.dtype))
+            twin = EXAMPLES[job.example].torch_module(job.dtype)
             twin.load_state_dict({k: torch.from_numpy(v) for k, v in job.state_dict.items()})
             model = DistributedDataParallel(twin)  # broadcasts rank 0's weights (the same)
             opt = torch.optim.Adam(model.parameters(), lr=LR)
@@ -592,7 +588,7 @@ def ddp_train(
             inputs, targets = example_data(
                 ex, variables, steps=steps, batch=batch, dtype=dt, seed=seed, image_size=image_size
             )
-            twin = ex.torch_module(getattr(torch, dt.name))
+            twin = ex.torch_module(dt)
             flax_to_torch({"params": variables["params"]}, twin)
             state = {k: v.numpy().copy() for k, v in twin.state_dict().items()}
             jobs.append(_DdpJob(ex.name, dt.name, state, inputs, targets))
@@ -626,11 +622,11 @@ def ddp_train(
             params = [{k[6:]: v for k, v in f.items() if k.startswith("param:")} for f in ranks]
             if any(_max_rel(p, params[0]) != 0.0 for p in params[1:]):
                 raise RuntimeError(f"DDP ranks ended with different parameters ({name} {dtype})")
-            twin = EXAMPLES[name].torch_module(getattr(torch, dtype))
+            twin = EXAMPLES[name].torch_module(dtype)
             twin.load_state_dict({k: torch.from_numpy(v) for k, v in params[0].items()})
             for n, p in twin.named_parameters():
                 p.grad = torch.from_numpy(ranks[0][f"grad:{n}"])
-            with _x64(np.dtype(dtype)):
+            with x64_for(np.dtype(dtype)):
                 final = leaves_with_paths(jax.tree.map(np.asarray, torch_to_flax(twin)["params"]))
             grads = leaves_with_paths(torch_grads_to_flax(twin)["params"])
             runs[(name, dtype)] = Run(
@@ -662,7 +658,7 @@ def global_batch_grads(
         out = model.apply({"params": params}, *x)
         return mse(to_channels_first(out, ex.output_layout), targets[0])
 
-    with _x64(dt):
+    with x64_for(dt):
         return leaves_with_paths(jax.tree.map(np.asarray, jax.grad(loss)(variables["params"])))
 
 

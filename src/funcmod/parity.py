@@ -16,7 +16,6 @@ Run it in float32 (float32 inputs, a float32 module) or in float64 (float64 inpu
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from flax import linen as nn
 
 from funcmod.convert import torch_grads_to_flax
 from funcmod.layout import to_channels_first, to_channels_last
+from funcmod.precision import x64_for
 from funcmod.tree import LeafDiff, compare_trees, leaves_with_paths
 
 __all__ = ["DEFAULT_RTOL", "ParityReport", "check_example", "check_parity"]
@@ -228,11 +228,9 @@ def check_example(
 
     ex = EXAMPLES[example] if isinstance(example, str) else example
     dtype = np.dtype(dtype)
-    torch_dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
     torch.manual_seed(seed)
-    twin = ex.torch_module(torch_dtype)
-    x64 = jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
-    with x64:
+    twin = ex.torch_module(dtype)
+    with x64_for(dtype):
         inputs = ex.make_inputs(np.random.default_rng(seed), batch, dtype, image_size)
         return check_parity(
             twin,

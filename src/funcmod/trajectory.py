@@ -13,7 +13,6 @@ Flax side runs one jitted step (``funcmod.train.make_train_step``), compiled onc
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from flax import linen as nn
 from funcmod.convert import torch_to_flax
 from funcmod.layout import to_channels_first, to_channels_last
 from funcmod.optim import from_torch
+from funcmod.precision import x64_for
 from funcmod.train import create_train_state, make_train_step, mse
 from funcmod.tree import LeafDiff, compare_trees
 
@@ -48,8 +48,6 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
     "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01),
 }
-
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 @dataclass(frozen=True)
@@ -246,17 +244,14 @@ def check_trajectory(
     if not ex.trainable:
         raise ValueError(f"{ex.name} has no parameters to train")
     dtype = np.dtype(dtype)
-    if dtype not in _TORCH_DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     torch.manual_seed(seed)
-    twin = ex.torch_module(_TORCH_DTYPES[dtype])
+    twin = ex.torch_module(dtype)  # raises unless float32 or float64
     rng = np.random.default_rng(seed)
     inputs = [ex.make_inputs(rng, batch, dtype, image_size) for _ in range(steps)]
     with torch.no_grad():
         out_shape = tuple(twin(*(torch.from_numpy(a) for a in inputs[0])).shape)
     batches = [(xs, rng.standard_normal(out_shape).astype(dtype)) for xs in inputs]
-    x64 = jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
-    with x64:
+    with x64_for(dtype):
         return run_trajectory(
             twin,
             ex.flax_module(param_dtype=dtype),
