@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test compare bench lint format clean
+.PHONY: venv test test-fast compare bench lint format clean
 
 venv: $(STAMP)
 
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The whole suite, one worker per core.
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
+
+# Everything but what is marked slow (multi-process runs, 200-step grids, every-example CLI runs).
+test-fast: venv
+	$(PY) -m pytest -n auto -m "not slow"
 
 compare: venv
 	$(VENV)/bin/funcmod compare

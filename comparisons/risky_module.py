@@ -6,10 +6,13 @@ The article's in-place x += 1, done functionally as x + 1: the input gradient is
 
 Prints both classes' sources, the forward and gradient parity in float32 and float64, and the
 time of one forward pass in torch eager and jitted Flax (there is nothing to train). Exits 1 if
-a parity check fails. The logic is in funcmod.sidebyside.
+a parity check fails. `funcmod show RiskyModule` runs the
+same; the logic is in funcmod.tools.show.
 """
 
-from funcmod.sidebyside import main
+import sys
+
+from funcmod.tools.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("RiskyModule"))
+    sys.exit(main(["show", "RiskyModule", *sys.argv[1:]]))

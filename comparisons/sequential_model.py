@@ -4,13 +4,15 @@ nn.Sequential(Linear, ReLU, Linear); Flax names the layers layers_0 and layers_2
 
     python comparisons/sequential_model.py [--steps 20] [--bench-batch 32] [--no-timing]
 
-Prints both classes' sources, the forward and gradient parity in float32 and float64, the
-parameters after each of --steps training steps in both frameworks, and the time of one training
-step in torch eager and jitted Flax. Exits 1 if a parity check fails. The logic is in
-funcmod.sidebyside.
+Prints both classes' sources, the forward and gradient parity in float32 and float64, the parameters
+after each of --steps training steps in both frameworks, and the time of one training step in torch
+eager and jitted Flax. Exits 1 if a parity check fails. `funcmod show SequentialModel` runs the
+same; the logic is in funcmod.tools.show.
 """
 
-from funcmod.sidebyside import main
+import sys
+
+from funcmod.tools.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("SequentialModel"))
+    sys.exit(main(["show", "SequentialModel", *sys.argv[1:]]))

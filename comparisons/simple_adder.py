@@ -6,10 +6,13 @@ x + y with no parameters: parity of the output and of both input gradients.
 
 Prints both classes' sources, the forward and gradient parity in float32 and float64, and the
 time of one forward pass in torch eager and jitted Flax (there is nothing to train). Exits 1 if
-a parity check fails. The logic is in funcmod.sidebyside.
+a parity check fails. `funcmod show SimpleAdder` runs the
+same; the logic is in funcmod.tools.show.
 """
 
-from funcmod.sidebyside import main
+import sys
+
+from funcmod.tools.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main("SimpleAdder"))
+    sys.exit(main(["show", "SimpleAdder", *sys.argv[1:]]))

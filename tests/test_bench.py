@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +15,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from funcmod import bench
-from funcmod.bench import BenchConfig, Case, CompileCounter
+from funcmod.tools import bench
+from funcmod.tools.bench import BenchConfig, Case, CompileCounter
+from funcmod.tools.bench import command as bench_command
 
 # One round of a few steps, torch at one thread, a small matmul for the peak.
 TINY = {
@@ -103,7 +106,7 @@ def test_jitted_steps_do_not_recompile_on_a_second_call():
     """The bench times calls 2..n of each jitted step: they must reuse the first compile."""
     import optax
 
-    from funcmod.catalog import EXAMPLES
+    from funcmod.articles.catalog import EXAMPLES
     from funcmod.train import create_train_state
 
     model = EXAMPLES["MLP"].flax_module()
@@ -184,7 +187,7 @@ def test_run_bench_writes_json_markdown_and_png(tmp_path):
 
 
 def test_cli_bench_prints_json(capsys):
-    from funcmod.cli import main
+    from funcmod.tools.cli import main
 
     argv = ["bench", "MultiplyByTwo", "--batch-sizes", "4", "--rounds", "1", "--min-time", "0"]
     assert main([*argv, "--no-torch-compile", "--torch-threads", "1", "--json"]) == 0
@@ -194,10 +197,43 @@ def test_cli_bench_prints_json(capsys):
 
 
 def test_cli_bench_rejects_bad_arguments(capsys):
-    from funcmod.cli import main
+    from funcmod.tools.cli import main
 
     assert main(["bench", "SimpleAdder", "--no-torch-compile"]) == 2
     assert "no parameters" in capsys.readouterr().err
+
+
+def _parse_bench(argv):
+    """``argv`` parsed by a parser with only ``bench_command.add_parser`` registered."""
+    parser = argparse.ArgumentParser(prog="funcmod")
+    bench_command.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["bench", *argv])
+
+
+def test_command_hands_the_bench_a_config(monkeypatch, capsys):
+    seen = []
+
+    def fake_run_bench(config, progress=None):
+        seen.append(config)
+        return {"cases": []}
+
+    monkeypatch.setattr(bench_command, "run_bench", fake_run_bench)  # where run() looks it up
+    argv = ["MLP", "--batch-sizes", "4", "8", "--rounds", "3", "--torch-threads", "1"]
+    args = _parse_bench([*argv, "--no-torch-compile", "--json"])
+    assert args.run is bench_command.run
+    assert args.run(args) == 0
+    expected = BenchConfig(
+        examples=("MLP",), batch_sizes=(4, 8), rounds=3, torch_threads=(1,), torch_compile=False
+    )
+    assert seen == [expected]
+    assert json.loads(capsys.readouterr().out) == {"cases": []}
+
+
+def test_command_without_torch_exits_2(monkeypatch, capsys):
+    args = _parse_bench(["MLP"])
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    assert args.run(args) == 2
+    assert "needs torch" in capsys.readouterr().err
 
 
 @pytest.mark.slow

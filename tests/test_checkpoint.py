@@ -2,50 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from flax import serialization
 
 from funcmod import checkpoint
+from funcmod.articles.models import MLP
 from funcmod.checkpoint import CheckpointError, restore_checkpoint, save_checkpoint
-from funcmod.models import MLP
 from funcmod.optim import torch_adam
 from funcmod.train import create_train_state, make_train_step, mse
 from funcmod.tree import assert_trees_close
+from tests.helpers import BatchNormNet, x64
 
 DTYPES = [np.float32, np.float64]
 
 
-class Net(nn.Module):
-    """Dense -> BatchNorm -> Dropout -> Dense: params, batch_stats and a dropout key."""
-
-    hidden: int = 6
-    param_dtype: type = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        x = nn.Dense(self.hidden, param_dtype=self.param_dtype)(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            param_dtype=self.param_dtype,
-            force_float32_reductions=False,
-        )(x)
-        x = nn.Dropout(0.3, deterministic=not train)(x)
-        return nn.Dense(2, param_dtype=self.param_dtype)(x)
-
-
-def x64(dtype) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
-
-
 def fresh_state(dtype, hidden: int = 6, seed: int = 0):
-    model = Net(hidden, dtype)
+    model = BatchNormNet(hidden=hidden, dropout=0.3, param_dtype=dtype)
     variables = model.init(jax.random.key(seed), jnp.zeros((1, 3), dtype), train=False)
     tx = torch_adam(1e-2, weight_decay=1e-2, decoupled=True, amsgrad=True)
     return create_train_state(model, variables, tx, dropout_key=jax.random.key(seed + 1))

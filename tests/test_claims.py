@@ -1,10 +1,10 @@
 """The fact check of the seed articles (docs/claims.md): one test per verdict.
 
-Each test pins what PyTorch really does, so it fails if PyTorch's behaviour changes and the
-verdict in docs/claims.md would need revisiting. The article's modules come from
-``funcmod.torch_models`` where the twin behaves like the article's code; where the article's
-code differs from the twin (an in-place add, an overridden ``__call__``, a wrong shape) the test
-builds that variant itself.
+Each test pins what PyTorch really does, so it fails if PyTorch's behaviour changes and the verdict
+in docs/claims.md would need revisiting. The article's modules come from
+``funcmod.articles.torch_models`` where the twin behaves like the article's code; where the
+article's code differs from the twin (an in-place add, an overridden ``__call__``, a wrong shape)
+the test builds that variant itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from funcmod import models, torch_models  # noqa: E402
+from funcmod.articles import models, torch_models  # noqa: E402
 from funcmod.convert import torch_to_flax  # noqa: E402
 from funcmod.tree import assert_trees_close  # noqa: E402
 

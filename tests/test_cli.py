@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from funcmod import EXAMPLES
-from funcmod.cli import main
+from funcmod.articles import EXAMPLES
+from funcmod.tools.cli import main
 
 
 def test_compare_json_covers_every_example_in_both_dtypes(capsys):
@@ -40,15 +40,15 @@ def test_compare_unknown_example_exits_2(capsys):
 
 
 def test_compare_exit_status_is_1_when_parity_fails(capsys, monkeypatch):
-    from funcmod import parity
+    from funcmod.articles import checks
 
-    real = parity.check_example
+    real = checks.check_example
 
     def tight(*args, **kwargs):  # a real report, judged against an impossible tolerance
         report = real(*args, **kwargs)
         forward = [type(d)(d.path, d.shape, d.max_abs, d.max_rel, False) for d in report.forward]
         return type(report)(report.name, report.dtype, 0.0, 0.0, forward, report.grads)
 
-    monkeypatch.setattr(parity, "check_example", tight)
+    monkeypatch.setattr(checks, "check_example", tight)
     assert main(["compare", "MLP", "--dtypes", "float32"]) == 1
     assert "FAIL" in capsys.readouterr().out

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from funcmod import EXAMPLES
-from funcmod.sidebyside import script_name
+from funcmod.articles import EXAMPLES
+from funcmod.tools.show import script_name
 
 COMPARISONS = Path(__file__).resolve().parents[1] / "comparisons"
 # Tiny: 2 training steps on 8x8 images, one timed round of a few steps at batch 4.
@@ -43,8 +43,8 @@ def test_comparison_script_runs(name, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0, out
     # The two sources, one after the other, labelled.
-    twin = out.index(f"PyTorch twin: funcmod.torch_models.{name}")
-    port = out.index(f"Flax port: funcmod.models.{name}")
+    twin = out.index(f"PyTorch twin: funcmod.articles.torch_models.{name}")
+    port = out.index(f"Flax port: funcmod.articles.models.{name}")
     assert twin < port
     assert f"class {name}(nn." in out[twin:port]  # nn.Module, or nn.Sequential for one twin
     assert f"class {name}(nn.Module):" in out[port:]
@@ -58,7 +58,7 @@ def test_comparison_script_runs(name, capsys, monkeypatch):
 
 
 def test_show_returns_a_summary_without_timing():
-    from funcmod.sidebyside import show
+    from funcmod.tools.show import show
 
     with open(Path("/dev/null"), "w") as sink:
         summary = show("MLP", steps=2, batch=2, timing=False, file=sink)
@@ -68,7 +68,7 @@ def test_show_returns_a_summary_without_timing():
 
 
 def test_show_rejects_an_unknown_example():
-    from funcmod.sidebyside import show
+    from funcmod.tools.show import show
 
     with pytest.raises(ValueError, match="NoSuchModel"):
         show("NoSuchModel")

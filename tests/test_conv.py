@@ -1,5 +1,5 @@
-"""funcmod.conv: the direct CPU convolution equals lax.conv_general_dilated, in value and in every
-derivative, falls back to it where it does not apply, and keeps the kernel gradient on XLA's
+"""funcmod.nn.conv: the direct CPU convolution equals lax.conv_general_dilated, in value and in
+every derivative, falls back to it where it does not apply, and keeps the kernel gradient on XLA's
 standard convolution inside loops."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import optax
 import pytest
 from jax import lax
 
-from funcmod import models
-from funcmod.conv import MAX_DIRECT_TAPS, conv_general_dilated, direct_applies
+from funcmod.articles import models
+from funcmod.nn.conv import MAX_DIRECT_TAPS, conv_general_dilated, direct_applies
 from funcmod.train import create_train_state, make_train_epoch, make_train_step, mse
 
 NHWC = ("NHWC", "HWIO", "NHWC")

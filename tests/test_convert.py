@@ -12,8 +12,8 @@ from flax import linen as fnn
 
 torch = pytest.importorskip("torch")
 
-from funcmod import EXAMPLES, models  # noqa: E402
 from funcmod import convert as convert_mod  # noqa: E402
+from funcmod.articles import EXAMPLES, models  # noqa: E402
 from funcmod.convert import (  # noqa: E402
     ConversionError,
     LeafRule,
@@ -645,7 +645,7 @@ def test_torch_grads_to_flax_layout_and_zeros():
 
 
 class ArticleMLP(torch.nn.Module):
-    """The article's MLP, written here independently of funcmod.torch_models."""
+    """The article's MLP, written here independently of funcmod.articles.torch_models."""
 
     def __init__(self, input_size, hidden_size, output_size):
         super().__init__()

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from funcmod.digits import DigitsConfig, train_and_evaluate
+from funcmod.articles.digits import DigitsConfig, train_and_evaluate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,5 +1,5 @@
-"""Data-parallel training: ``funcmod.train`` with a mesh, ``funcmod.distributed`` on 8 CPU devices
-and on two processes, and PyTorch DDP against the JAX run.
+"""Data-parallel training: ``funcmod.train`` with a mesh, ``funcmod.tools.distributed`` on 8 CPU
+devices and on two processes, and PyTorch DDP against the JAX run.
 
 Several devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts,
 so those tests run a fresh Python in a subprocess (this process keeps its one CPU device) with a
@@ -9,7 +9,6 @@ dtype and rank promotion (``JAX_NUMPY_DTYPE_PROMOTION``, ``JAX_NUMPY_RANK_PROMOT
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -22,84 +21,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from funcmod.distributed import (
-    TARGETS,
+from funcmod.optim import torch_adam
+from funcmod.precision import DTYPES as DTYPE_NAMES
+from funcmod.precision import rtol
+from funcmod.sharding import data_mesh, initialize, process_rows, replicate, shard_batch
+from funcmod.tools.data_parallel import (
     TRAINABLE,
     Run,
     compare_runs,
-    ddp_train,
-    free_port,
     global_batch_grads,
-    initialize,
     train_example,
 )
-from funcmod.optim import torch_adam
+from funcmod.tools.ddp import ddp_train, free_port
 from funcmod.train import (
     create_train_state,
-    data_mesh,
     make_train_epoch,
     make_train_step,
     mse,
-    process_rows,
-    replicate,
-    shard_batch,
     stack_batches,
 )
 from funcmod.tree import assert_trees_close
+from tests.helpers import BatchNormNet, net_batches, x64
 
 DTYPES = [np.float32, np.float64]
 # Steps per run. float32 runs of ReLU nets agree until a ReLU input lies within rounding of 0
 # and one run keeps it while the other zeroes it; SimpleCNN (seed 0) meets one at step 84 in the
-# two-process run and ends 3.1e-3 apart after 200 steps (funcmod.distributed's docstring). 50
-# steps stay before it; `python -m funcmod.distributed parity` and comparisons/distributed.py
-# measure 200.
+# two-process run and ends 3.1e-3 apart after 200 steps (docs/pitfalls.md, "Data-parallel runs:
+# one device against many"). 50 steps stay before it; `funcmod distributed parity` and
+# comparisons/distributed.py measure 200.
 STEPS = 50
+# The funcmod command line, run by a fresh Python.
+FUNCMOD = [sys.executable, "-m", "funcmod.tools.cli"]
 TWO_PROCESS_EXAMPLES = ["MLP", "SimpleCNN"]
 
 
-def x64(dtype) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
-
-
-class Net(nn.Module):
-    """Dense -> BatchNorm -> ReLU -> Dropout -> Dense: every kind of state a step carries.
-
-    The first Dense has no bias: BatchNorm subtracts it again, so its exact gradient is 0 and
-    the computed one rounding noise (~1e-9), which Adam turns into steps of about ``lr`` with
-    random signs: two summation orders (1 device, 8 devices) then give unrelated biases.
-    """
-
-    param_dtype: type = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        x = nn.Dense(8, use_bias=False, param_dtype=self.param_dtype)(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            param_dtype=self.param_dtype,
-            force_float32_reductions=False,
-        )(x)
-        x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
-        return nn.Dense(2, param_dtype=self.param_dtype)(x)
-
-
-def net_batches(n: int, dtype, batch: int = 16, seed: int = 0) -> list:
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.standard_normal((batch, 10)).astype(dtype),
-            rng.standard_normal((batch, 2)).astype(dtype),
-        )
-        for _ in range(n)
-    ]
-
-
 def net_state(dtype):
-    model = Net(param_dtype=dtype)
+    model = BatchNormNet(first_bias=False, param_dtype=dtype)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 10), dtype), train=False)
     return create_train_state(model, variables, torch_adam(1e-2), dropout_key=jax.random.key(1))
 
@@ -208,7 +168,7 @@ def test_mesh_helpers_on_one_device():
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match=r"unknown example 'Nope'"):
+    with pytest.raises(ValueError, match=r"no seed example named 'Nope'"):
         train_example("Nope")
     with pytest.raises(ValueError, match="SimpleAdder has no parameters"):
         train_example("SimpleAdder")
@@ -225,11 +185,13 @@ def test_argument_errors():
 EIGHT_DEVICES = """
 import json
 import jax, jax.numpy as jnp, numpy as np
-from tests.test_distributed import Net, net_batches, net_state
-from funcmod.models import MLP
+from tests.helpers import net_batches
+from tests.test_distributed import net_state
+from funcmod.articles.models import MLP
 from funcmod.optim import torch_adam
-from funcmod.train import (create_train_state, data_mesh, make_train_epoch, make_train_step,
-                           mse, process_rows, replicate, shard_batch, stack_batches)
+from funcmod.sharding import data_mesh, process_rows, replicate, shard_batch
+from funcmod.train import (create_train_state, make_train_epoch, make_train_step, mse,
+                           stack_batches)
 from funcmod.tree import compare_trees
 
 def max_rel(a, b):
@@ -291,8 +253,8 @@ def test_eight_devices_split_the_batch_and_replicate_the_state(tmp_path):
     assert facts["param_spec"] == str(P()) and facts["param_devices"] == 8
     assert facts["compiled"] == 1
     # Same mathematics, gradients summed in another order: a few float32 ulps.
-    assert facts["net_params"] <= TARGETS["float32"], facts
-    assert facts["net_stats"] <= TARGETS["float32"], facts
+    assert facts["net_params"] <= rtol("parity", "float32"), facts
+    assert facts["net_stats"] <= rtol("parity", "float32"), facts
     assert facts["epoch_vs_steps"] <= 1e-6 and facts["epoch_steps"] == [0, 1, 2, 3]
     for what, message in facts["errors"].items():
         assert message is not None, f"{what} accepted a batch of 10 on 8 devices"
@@ -302,10 +264,10 @@ def test_eight_devices_split_the_batch_and_replicate_the_state(tmp_path):
 
 def test_parity_one_vs_eight_devices(tmp_path):
     """Every trainable example, float32 and float64: 8 devices within the target of 1."""
-    cmd = [sys.executable, "-m", "funcmod.distributed", "parity", "--json", "--steps", str(STEPS)]
+    cmd = [*FUNCMOD, "distributed", "parity", "--json", "--steps", str(STEPS)]
     rows = _last_json(_run_all([cmd], devices=8, timeout=240, logs=tmp_path)[0])
     assert {(r["example"], r["dtype"]) for r in rows} == {
-        (name, dtype) for name in TRAINABLE for dtype in TARGETS
+        (name, dtype) for name in TRAINABLE for dtype in DTYPE_NAMES
     }
     for r in rows:
         assert r["devices"] == 8 and r["steps"] == STEPS
@@ -322,14 +284,13 @@ def test_parity_one_vs_eight_devices(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory) -> list[dict]:
-    """``python -m funcmod.distributed train`` as two processes of 4 CPU devices each on
+    """``funcmod distributed train`` as two processes of 4 CPU devices each on
     127.0.0.1: one global batch of 16 rows, 8 per process, 2 per device. Their JSON outputs."""
     port, logs = free_port(), tmp_path_factory.mktemp("two")
     commands = [
         [
-            sys.executable,
-            "-m",
-            "funcmod.distributed",
+            *FUNCMOD,
+            "distributed",
             "train",
             "--coordinator",
             f"127.0.0.1:{port}",
@@ -357,7 +318,7 @@ def test_two_processes_train_like_one_device(two_process_runs):
     for i, out in enumerate(two_process_runs):
         assert (out["process_index"], out["process_count"]) == (i, 2)
         assert (out["device_count"], out["local_device_count"]) == (8, 4)
-    assert len(first["runs"]) == len(TWO_PROCESS_EXAMPLES) * len(TARGETS)
+    assert len(first["runs"]) == len(TWO_PROCESS_EXAMPLES) * len(DTYPE_NAMES)
     for a, b in zip(first["runs"], second["runs"], strict=True):
         # Replicated parameters: each process holds the same copy.
         run, copy = Run.from_dict(a), Run.from_dict(b)
@@ -371,7 +332,7 @@ def test_two_processes_train_like_one_device(two_process_runs):
 def test_ddp_matches_the_jax_data_parallel_run(two_process_runs):
     pytest.importorskip("torch")
     ddp = ddp_train(
-        TWO_PROCESS_EXAMPLES, dtypes=list(TARGETS), steps=STEPS, world_size=2, timeout_s=180
+        TWO_PROCESS_EXAMPLES, dtypes=list(DTYPE_NAMES), steps=STEPS, world_size=2, timeout_s=180
     )
     for d in two_process_runs[0]["runs"]:
         jax_run = Run.from_dict(d)
@@ -383,6 +344,6 @@ def test_ddp_matches_the_jax_data_parallel_run(two_process_runs):
         assert_trees_close(
             torch_run.first_grads,
             global_batch_grads(jax_run.example, dtype=jax_run.dtype),
-            rtol=TARGETS[jax_run.dtype],
+            rtol=rtol("parity", jax_run.dtype),
             what=f"{jax_run.example} {jax_run.dtype} DDP first gradient",
         )

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import funcmod  # noqa: E402
-from funcmod import EXAMPLES, models, torch_models  # noqa: E402
+from funcmod.articles import EXAMPLES, models, torch_models  # noqa: E402
 from funcmod.layout import to_channels_last  # noqa: E402
 from funcmod.tree import assert_trees_close  # noqa: E402
 

@@ -13,10 +13,13 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 
-from funcmod import EXAMPLES, count_params, nnx_models  # noqa: E402
+from funcmod import count_params  # noqa: E402
+from funcmod.articles import EXAMPLES, nnx_models  # noqa: E402
 from funcmod.convert import torch_to_flax  # noqa: E402
 from funcmod.layout import to_channels_first, to_channels_last  # noqa: E402
-from funcmod.parity import DEFAULT_RTOL, check_parity  # noqa: E402
+from funcmod.nn import interop  # noqa: E402
+from funcmod.parity import check_parity  # noqa: E402
+from funcmod.precision import RTOL  # noqa: E402
 from funcmod.tree import assert_trees_close  # noqa: E402
 
 NAMES = list(EXAMPLES)
@@ -50,14 +53,14 @@ def test_nnx_port_matches_torch_twin(name, dtype):
     with _x64(dtype):
         model = nnx_models.from_example(ex, rngs=nnx.Rngs(1), param_dtype=dtype)
         variables = torch_to_flax(twin)
-        nnx_models.load_linen_params(model, variables.get("params", {}))
+        interop.load_linen_params(model, variables.get("params", {}))
         # The weights landed where the Linen names say, bit for bit.
         assert_trees_close(
-            nnx_models.linen_params(model), variables.get("params", {}), rtol=0.0, what=name
+            interop.linen_params(model), variables.get("params", {}), rtol=0.0, what=name
         )
         report = check_parity(
             twin,
-            nnx_models.LinenView(model),
+            interop.LinenView(model),
             variables,
             _inputs(ex, dtype),
             input_layouts=ex.input_layouts,
@@ -65,7 +68,7 @@ def test_nnx_port_matches_torch_twin(name, dtype):
             input_names=ex.input_names,
             name=f"{name} (NNX)",
         )
-    assert report.rtol == DEFAULT_RTOL[np.dtype(dtype)]
+    assert report.rtol == RTOL["parity"][np.dtype(dtype)]
     assert report.ok, str(report)
     assert report.forward  # something was compared
     assert len(report.grads) == len(ex.input_names) + len(jax.tree_util.tree_leaves(variables))
@@ -77,13 +80,13 @@ def test_nnx_port_matches_linen_port(name, dtype):
     """Linen's init, loaded into NNX: outputs, parameter and input gradients agree, with the
     NNX side differentiated by ``nnx.grad`` on the module itself."""
     ex = EXAMPLES[name]
-    rtol = DEFAULT_RTOL[np.dtype(dtype)]
+    rtol = RTOL["parity"][np.dtype(dtype)]
     with _x64(dtype):
         xs = _flax_inputs(ex, _inputs(ex, dtype))
         linen = ex.flax_module(param_dtype=dtype)
         params = linen.init(jax.random.key(0), *xs).get("params", {})
         model = nnx_models.from_example(ex, rngs=nnx.Rngs(1), param_dtype=dtype)
-        nnx_models.load_linen_params(model, params)
+        interop.load_linen_params(model, params)
         out = linen.apply({"params": params}, *xs)
         cot = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape).astype(dtype))
 
@@ -96,7 +99,7 @@ def test_nnx_port_matches_linen_port(name, dtype):
         g_params, g_xs = jax.grad(linen_loss, argnums=(0, 1))(params, xs)
         n_state, n_xs = nnx.grad(nnx_loss, argnums=(0, 1))(model, xs)
         expected = {"output": out, "params": g_params, "inputs": g_xs}
-        actual = {"output": model(*xs), "params": nnx_models.linen_params(n_state), "inputs": n_xs}
+        actual = {"output": model(*xs), "params": interop.linen_params(n_state), "inputs": n_xs}
     assert_trees_close(actual, expected, rtol=rtol, what=f"{name} NNX vs Linen")
 
 
@@ -120,7 +123,7 @@ def test_nnx_state_names_sequential_and_plain():
     assert shapes == {
         "layers": {0: {"kernel": (10, 20), "bias": (20,)}, 2: {"kernel": (20, 5), "bias": (5,)}}
     }
-    assert jax.tree_util.tree_map(jnp.shape, nnx_models.linen_params(seq)) == {
+    assert jax.tree_util.tree_map(jnp.shape, interop.linen_params(seq)) == {
         "layers_0": {"kernel": (10, 20), "bias": (20,)},
         "layers_2": {"kernel": (20, 5), "bias": (5,)},
     }
@@ -222,28 +225,28 @@ def test_simple_adder_rejects_non_broadcastable():
 
 def test_load_linen_params_is_strict_and_writes_nothing_on_error():
     model = nnx_models.MLP(10, 5, 2, rngs=nnx.Rngs(0))
-    before = nnx_models.linen_params(model)
+    before = interop.linen_params(model)
     bad = {
         "linear1": {"kernel": jnp.zeros((5, 10)), "bias": jnp.zeros((5,))},  # transposed
         "linear3": {"kernel": jnp.zeros((5, 2)), "bias": jnp.zeros((2,))},  # unknown name
     }
     with pytest.raises(ValueError) as info:
-        nnx_models.load_linen_params(model, bad)
+        interop.load_linen_params(model, bad)
     msg = str(info.value)
     assert "linear2/kernel" in msg and "linear2/bias" in msg  # missing
     assert "linear3/kernel" in msg  # unexpected
     assert "linear1/kernel: expected (10, 5) float32, got (5, 10) float32" in msg
-    assert_trees_close(nnx_models.linen_params(model), before, rtol=0.0, what="untouched")
+    assert_trees_close(interop.linen_params(model), before, rtol=0.0, what="untouched")
 
 
 def test_linen_view_output_is_nchw_comparable():
     """LinenView runs the NNX model on Linen-named variables without modifying the model."""
     ex = EXAMPLES["SimpleConvNet"]
     model = nnx_models.from_example(ex, rngs=nnx.Rngs(0))
-    before = nnx_models.linen_params(model)
+    before = interop.linen_params(model)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, before)
     x = _flax_inputs(ex, _inputs(ex, np.float32, batch=1))[0]
-    out = nnx_models.LinenView(model).apply({"params": zeros}, x)
+    out = interop.LinenView(model).apply({"params": zeros}, x)
     assert to_channels_first(out, "NCHW").shape == (1, 16, IMAGE_SIZE, IMAGE_SIZE)
     np.testing.assert_array_equal(out, np.zeros_like(out))  # zero weights, zero output
-    assert_trees_close(nnx_models.linen_params(model), before, rtol=0.0, what="untouched")
+    assert_trees_close(interop.linen_params(model), before, rtol=0.0, what="untouched")

@@ -17,7 +17,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from funcmod import torch_models  # noqa: E402
+from funcmod.articles import torch_models  # noqa: E402
 from funcmod.convert import torch_grads_to_flax, torch_to_flax  # noqa: E402
 from funcmod.optim import clip_grad_norm, from_torch, torch_adam  # noqa: E402
 from funcmod.tree import assert_trees_close, compare_trees  # noqa: E402

@@ -10,7 +10,8 @@ import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import jax, numpy as np
 import funcmod
-from funcmod import EXAMPLES, models, nnx_models, train, checkpoint
+from funcmod import train, checkpoint, sharding, nn
+from funcmod.articles import EXAMPLES, models, nnx_models
 x = np.ones((2, 10), np.float32)
 model = models.MLP(10, 5, 2)
 variables = model.init(jax.random.key(0), x)

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from funcmod import EXAMPLES, models, torch_models  # noqa: E402
+from funcmod.articles import EXAMPLES, models, torch_models  # noqa: E402
+from funcmod.articles.checks import check_example  # noqa: E402
 from funcmod.convert import torch_to_flax  # noqa: E402
-from funcmod.parity import DEFAULT_RTOL, ParityReport, check_example, check_parity  # noqa: E402
+from funcmod.parity import ParityReport, check_parity  # noqa: E402
+from funcmod.precision import RTOL  # noqa: E402
 from funcmod.tree import leaves_with_paths  # noqa: E402
 
 NAMES = list(EXAMPLES)
@@ -27,7 +29,7 @@ def _is_image(ex):
 
 
 def test_default_targets():
-    assert {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12} == DEFAULT_RTOL
+    assert {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12} == RTOL["parity"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -28,7 +28,7 @@ from flax import linen as nn
 
 torch = pytest.importorskip("torch")
 
-from funcmod.init import torch_bias_init, torch_kernel_init  # noqa: E402
+from funcmod.nn.init import torch_bias_init, torch_kernel_init  # noqa: E402
 from funcmod.optim import clip_grad_norm, torch_adam, torch_momentum  # noqa: E402
 from funcmod.tree import assert_trees_close, compare_trees  # noqa: E402
 

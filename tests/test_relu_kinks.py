@@ -23,7 +23,7 @@ from flax import linen as nn
 
 torch = pytest.importorskip("torch")
 
-from funcmod import models, torch_models  # noqa: E402
+from funcmod.articles import models, torch_models  # noqa: E402
 from funcmod.trajectory import TrajectoryReport, run_trajectory  # noqa: E402
 
 # When the first kink event comes is down to rounding: with this conv implementation the ReLU

@@ -3,16 +3,13 @@ collections (BatchNorm, dropout), reproducibility, recompilation and non-finite 
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import linen as nn
 
-from funcmod.models import MLP
+from funcmod.articles.models import MLP
 from funcmod.optim import torch_adam
 from funcmod.train import (
     NonFiniteLossError,
@@ -28,6 +25,7 @@ from funcmod.train import (
     stack_batches,
 )
 from funcmod.tree import assert_trees_close, compare_trees
+from tests.helpers import BatchNormNet, net_batches, x64
 
 DTYPES = [np.float32, np.float64]
 # One step, jitted against op by op: the same operations, so a few ulps at most (XLA fuses
@@ -35,41 +33,8 @@ DTYPES = [np.float32, np.float64]
 STEP_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
 
 
-class Net(nn.Module):
-    """Dense -> BatchNorm -> ReLU -> Dropout -> Dense: every kind of state a step carries."""
-
-    param_dtype: type = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        x = nn.Dense(8, param_dtype=self.param_dtype)(x)
-        # force_float32_reductions=False: running statistics in param_dtype (float64 runs)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            param_dtype=self.param_dtype,
-            force_float32_reductions=False,
-        )(x)
-        x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
-        return nn.Dense(2, param_dtype=self.param_dtype)(x)
-
-
 TRAIN = {"train": True}
 EVAL = {"train": False}
-
-
-def x64(dtype) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
-
-
-def batches(n: int, dtype, seed: int = 0, features: int = 10, outputs: int = 2) -> list:
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.standard_normal((4, features)).astype(dtype),
-            rng.standard_normal((4, outputs)).astype(dtype),
-        )
-        for _ in range(n)
-    ]
 
 
 def mlp_state(dtype, tx=None, seed: int = 0):
@@ -79,7 +44,7 @@ def mlp_state(dtype, tx=None, seed: int = 0):
 
 
 def net_state(dtype, seed: int = 0, dropout_seed: int = 1):
-    model = Net(param_dtype=dtype)
+    model = BatchNormNet(param_dtype=dtype)
     variables = model.init(jax.random.key(seed), jnp.zeros((1, 10), dtype), train=False)
     tx = torch_adam(1e-2)
     return create_train_state(model, variables, tx, dropout_key=jax.random.key(dropout_seed))
@@ -93,7 +58,7 @@ def test_step_matches_hand_written_update(dtype):
         params = jax.tree.map(jnp.array, state.params)
         opt_state = tx.init(params)
         step = make_train_step(mse)
-        for x, y in batches(3, dtype):
+        for x, y in net_batches(3, dtype, batch=4):
             state, metrics = step(state, (x, y))
             loss, grads = jax.value_and_grad(
                 lambda p, x=x, y=y: mse(model.apply({"params": p}, x), y)
@@ -117,7 +82,7 @@ def test_second_call_does_not_recompile():
 
     _, state = mlp_state(np.float32)
     step = make_train_step(counting_mse)
-    for x, y in batches(3, np.float32):
+    for x, y in net_batches(3, np.float32, batch=4):
         state, _ = step(state, (x, y))
     assert len(traces) == 1
     assert step._cache_size() == 1
@@ -128,7 +93,7 @@ def test_state_is_donated_but_callers_variables_are_not():
     variables = model.init(jax.random.key(0), jnp.zeros((1, 10)))
     state = create_train_state(model, variables, optax.sgd(0.1))
     step = make_train_step(mse)
-    new_state, _ = step(state, batches(1, np.float32)[0])
+    new_state, _ = step(state, net_batches(1, np.float32, batch=4)[0])
     assert state.params["linear1"]["kernel"].is_deleted()
     assert not variables["params"]["linear1"]["kernel"].is_deleted()
     assert not new_state.params["linear1"]["kernel"].is_deleted()
@@ -138,7 +103,7 @@ def test_batch_stats_are_updated_and_used_in_eval():
     state = net_state(np.float32)
     before = jax.tree.map(np.array, state.batch_stats)
     step = make_train_step(mse, apply_kwargs=TRAIN)
-    data = batches(2, np.float32)
+    data = net_batches(2, np.float32, batch=4)
     for batch in data:
         state, _ = step(state, batch)
     changed = compare_trees(state.batch_stats, before, rtol=0.0)
@@ -153,7 +118,7 @@ def test_batch_stats_are_updated_and_used_in_eval():
 def test_dropout_key_changes_every_step():
     state = net_state(np.float32)
     fn = make_train_step_fn(mse, apply_kwargs=TRAIN)
-    batch = batches(1, np.float32)[0]
+    batch = net_batches(1, np.float32, batch=4)[0]
     _, m0 = fn(state, batch)
     _, m1 = fn(state.replace(step=state.step + 1), batch)
     _, m0_again = fn(state, batch)
@@ -168,7 +133,7 @@ def test_same_seed_gives_bitwise_identical_parameters(dtype):
         for dropout_seed in (1, 1, 2):
             state = net_state(dtype, dropout_seed=dropout_seed)
             step = make_train_step(mse, apply_kwargs=TRAIN)
-            for batch in batches(5, dtype):
+            for batch in net_batches(5, dtype, batch=4):
                 state, _ = step(state, batch)
             runs.append(state)
         assert_trees_close(runs[0].params, runs[1].params, rtol=0.0, what="same seed")
@@ -181,7 +146,7 @@ def test_same_seed_gives_bitwise_identical_parameters(dtype):
 @pytest.mark.parametrize("model", ["mlp", "net"])
 def test_train_epoch_matches_stepping_one_by_one(dtype, model):
     with x64(dtype):
-        data = batches(6, dtype)
+        data = net_batches(6, dtype, batch=4)
         make = (lambda: mlp_state(dtype)[1]) if model == "mlp" else (lambda: net_state(dtype))
         step = make_train_step(mse, apply_kwargs=None if model == "mlp" else TRAIN)
         state = make()
@@ -203,7 +168,7 @@ def test_train_epoch_matches_stepping_one_by_one(dtype, model):
 
 def test_nonfinite_loss_is_reported_with_its_step():
     _, state = mlp_state(np.float32)
-    data = batches(8, np.float32)
+    data = net_batches(8, np.float32, batch=4)
     data[5][0][0, 0] = np.nan  # the seventh step of the run sees a NaN input
     epoch = make_train_epoch(mse)
     state, first = epoch(state, stack_batches(data[:2]))
@@ -259,7 +224,7 @@ def test_create_train_state_rejects_unknown_collections():
 
 
 def test_stack_batches():
-    stacked = stack_batches(batches(3, np.float32))
+    stacked = stack_batches(net_batches(3, np.float32, batch=4))
     assert stacked[0].shape == (3, 4, 10) and stacked[1].shape == (3, 4, 2)
     with pytest.raises(ValueError, match="at least one"):
         stack_batches([])

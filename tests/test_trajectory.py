@@ -19,8 +19,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from funcmod import trajectory  # noqa: E402
-from funcmod.catalog import EXAMPLES  # noqa: E402
-from funcmod.trajectory import DEFAULT_RTOL, check_trajectory  # noqa: E402
+from funcmod.articles.catalog import EXAMPLES  # noqa: E402
+from funcmod.articles.checks import check_trajectory  # noqa: E402
+from funcmod.precision import RTOL  # noqa: E402
 
 TRAINABLE = sorted(name for name, ex in EXAMPLES.items() if ex.trainable)
 OPTIMIZERS = ["sgd", "adam", "adamw"]
@@ -32,7 +33,7 @@ DTYPES = [np.float32, np.float64]
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_50_steps_stay_in_step(name, optimizer, dtype):
     report = check_trajectory(name, optimizer=optimizer, steps=50, dtype=dtype, image_size=8)
-    assert report.rtol == DEFAULT_RTOL[np.dtype(dtype)]
+    assert report.rtol == RTOL["trajectory"][np.dtype(dtype)]
     assert report.ok, str(report)
     assert len(report.max_rel_per_step) == len(report.torch_losses) == 50
 

@@ -1,38 +1,41 @@
-"""funcmod: PyTorch's nn.Module examples the functional way, in JAX and Flax.
+"""funcmod: PyTorch's nn.Module concepts the functional way, in JAX and Flax, with proof that a
+port computes the same numbers as its PyTorch original.
 
-Torch-free modules are imported here. ``funcmod.torch_models``, ``funcmod.convert``,
-``funcmod.parity``, ``funcmod.trajectory`` and ``funcmod.optim.from_torch`` need torch and are
+The package is in three wings; arrows point one way, tools -> articles -> library:
+
+* the library (what a user's own port imports):
+  ``tree`` (the per-leaf comparison), ``layout`` (NCHW <-> NHWC, input checks), ``precision``
+  (dtypes, the tolerance table, float64 on demand), ``nn`` (torch-faithful Flax building
+  blocks), ``convert`` (weights both ways), ``parity`` (outputs and gradients), ``trajectory``
+  (whole training runs), ``train`` (jitted optax steps), ``sharding`` (data parallelism),
+  ``optim`` (torch.optim -> optax), ``checkpoint`` (atomic TrainState files);
+* ``funcmod.articles``: the four seed articles' examples, ported and twinned;
+* ``funcmod.tools``: the ``funcmod`` command line.
+
+Only torch-free modules are imported here. ``convert``, ``parity``, ``trajectory``,
+``optim.from_torch``, ``articles.torch_models`` and ``articles.checks`` need torch and are
 imported explicitly::
 
-    from funcmod import models, torch_models
+    from funcmod.articles import models, torch_models
     from funcmod.convert import torch_to_flax, flax_to_torch
-
-Modules: ``models`` (Flax Linen ports), ``nnx_models`` (Flax NNX ports), ``torch_models``
-(PyTorch twins), ``catalog`` (the examples by name), ``convert`` (weights both ways), ``parity``
-(outputs and gradients), ``trajectory`` (whole training runs), ``train`` (jitted optax steps),
-``optim`` (torch.optim -> optax), ``checkpoint`` (atomic TrainState files), ``init`` (PyTorch's
-default initialisers), ``data`` (the digits), ``tree`` (per-leaf comparison).
 """
 
-from funcmod import catalog, checkpoint, init, layout, models, train, tree
-from funcmod.catalog import EXAMPLES, Example
+from funcmod import checkpoint, layout, nn, precision, sharding, train, tree
 from funcmod.tree import LeafDiff, assert_trees_close, compare_trees, count_params
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EXAMPLES",
-    "Example",
     "LeafDiff",
     "__version__",
     "assert_trees_close",
-    "catalog",
     "checkpoint",
     "compare_trees",
     "count_params",
-    "init",
     "layout",
-    "models",
+    "nn",
+    "precision",
+    "sharding",
     "train",
     "tree",
 ]

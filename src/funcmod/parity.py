@@ -27,14 +27,11 @@ import torch
 from flax import linen as nn
 
 from funcmod.convert import torch_grads_to_flax
-from funcmod.layout import to_channels_first, to_channels_last
-from funcmod.precision import x64_for
+from funcmod.layout import inputs_to_channels_last, to_channels_first
+from funcmod.precision import DTYPES, RTOL
 from funcmod.tree import LeafDiff, compare_trees, leaves_with_paths
 
-__all__ = ["DEFAULT_RTOL", "ParityReport", "check_example", "check_parity"]
-
-# The targets parity is held to: max relative error per leaf (see funcmod.tree).
-DEFAULT_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+__all__ = ["ParityReport", "check_parity"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ class ParityReport:
 
 def _float_dtype(inputs: Sequence[np.ndarray]) -> np.dtype:
     dtypes = {np.asarray(a).dtype for a in inputs}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in DEFAULT_RTOL:
+    if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES.values():
         raise ValueError(
             f"inputs must all be float32 or all float64, got dtypes {sorted(map(str, dtypes))}"
         )
@@ -139,7 +136,7 @@ def check_parity(
       input_layouts: per input, ``'NCHW'`` (or ``'NCL'``, ``'NCDHW'``) for an image, else None.
       output_layout: the output's layout, as for the inputs.
       input_names: labels for the input gradients (default ``x0, x1, ...``).
-      rtol: the max relative error allowed per leaf; default 1e-5 (float32) or 1e-12 (float64).
+      rtol: the max relative error allowed per leaf; default ``funcmod.precision.RTOL["parity"]``.
       atol: a leaf also passes when its max absolute error is at most ``atol``.
       seed: seeds the random cotangent.
       name: the report's title (default: the Flax module's class name).
@@ -160,7 +157,7 @@ def check_parity(
         raise ValueError(
             f"got {len(inputs)} inputs but {len(layouts)} layouts and {len(names)} names"
         )
-    rtol = DEFAULT_RTOL[dtype] if rtol is None else rtol
+    rtol = RTOL["parity"][dtype] if rtol is None else rtol
 
     # PyTorch: forward, then backward of sum(out * cotangent).
     torch_inputs = [torch.from_numpy(a.copy()).requires_grad_(True) for a in inputs]
@@ -178,9 +175,7 @@ def check_parity(
     # Flax: the same loss, differentiated with respect to the params and every input.
     params = variables.get("params", {})
     others = {k: v for k, v in variables.items() if k != "params"}
-    flax_inputs = [
-        jnp.asarray(to_channels_last(a, lay)) for a, lay in zip(inputs, layouts, strict=True)
-    ]
+    flax_inputs = [jnp.asarray(a) for a in inputs_to_channels_last(inputs, layouts)]
 
     def loss(params, xs):
         out = flax_module.apply({**others, "params": params}, *xs)
@@ -204,42 +199,3 @@ def check_parity(
         forward=compare_trees({"output": flax_out}, {"output": torch_out}, rtol=rtol, atol=atol),
         grads=compare_trees(flax_grads, torch_grads, rtol=rtol, atol=atol),
     )
-
-
-def check_example(
-    example: Any,
-    *,
-    dtype: Any = np.float32,
-    batch: int = 4,
-    seed: int = 0,
-    image_size: int | None = None,
-) -> ParityReport:
-    """Parity of one seed example: a seeded twin, its weights converted, random inputs.
-
-    Args:
-      example: a ``funcmod.catalog.Example`` or its name (``'MLP'``).
-      dtype: ``np.float32`` or ``np.float64`` (float64 runs inside ``jax.enable_x64(True)``).
-      batch: the batch size of the random inputs.
-      seed: seeds the twin's initialisation, the inputs and the cotangent.
-      image_size: height and width of image inputs (default: the example's own).
-    """
-    from funcmod.catalog import EXAMPLES
-    from funcmod.convert import torch_to_flax
-
-    ex = EXAMPLES[example] if isinstance(example, str) else example
-    dtype = np.dtype(dtype)
-    torch.manual_seed(seed)
-    twin = ex.torch_module(dtype)
-    with x64_for(dtype):
-        inputs = ex.make_inputs(np.random.default_rng(seed), batch, dtype, image_size)
-        return check_parity(
-            twin,
-            ex.flax_module(param_dtype=dtype),
-            torch_to_flax(twin),
-            inputs,
-            input_layouts=ex.input_layouts,
-            output_layout=ex.output_layout,
-            input_names=ex.input_names,
-            seed=seed,
-            name=ex.name,
-        )

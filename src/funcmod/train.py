@@ -19,7 +19,8 @@ the model with ``mutable=['batch_stats']``); models with dropout get a fresh key
 
 Data parallelism: the step is a pure function of ``(state, batch)`` (``make_train_step_fn``
 gives it unjitted), so training on many devices is the same step jitted with shardings. Pass a
-``jax.sharding.Mesh`` (``data_mesh()``: one axis ``'data'`` over ``jax.devices()``)::
+``jax.sharding.Mesh`` (``funcmod.sharding.data_mesh()``: one axis ``'data'`` over
+``jax.devices()``)::
 
     mesh = data_mesh()                                # Mesh('data': n_devices)
     state = replicate(create_train_state(...), mesh)  # every device holds all parameters
@@ -31,8 +32,9 @@ batch, so XLA inserts the all-reduce that sums the per-device partial gradients 
 gradient averaging). BatchNorm statistics are those of the global batch too (like
 ``torch.nn.SyncBatchNorm``, not like DDP's per-process BatchNorm), and dropout draws the mask it
 draws on one device (``jax_threefry_partitionable``, JAX's default). On a one-device mesh the
-step is bitwise the single-device step. Over several processes (``funcmod.distributed``) every
-process runs the same program and feeds its own rows of the global batch (``process_rows``).
+step is bitwise the single-device step. Over several processes (``funcmod.sharding.initialize``)
+every process runs the same program and feeds its own rows of the global batch
+(``funcmod.sharding.process_rows``).
 """
 
 from __future__ import annotations
@@ -50,25 +52,22 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from funcmod.tree import path_str
+from funcmod.layout import to_channels_first
+from funcmod.sharding import DATA_AXIS, batch_sharding, check_axis, shard_batch
 
 __all__ = [
-    "DATA_AXIS",
     "Batch",
     "NonFiniteLossError",
     "TrainState",
     "create_train_state",
-    "data_mesh",
     "first_nonfinite_step",
     "make_eval_step",
     "make_train_epoch",
     "make_train_step",
     "make_train_step_fn",
     "mse",
-    "process_rows",
+    "mse_in_torch_layout",
     "raise_if_nonfinite",
-    "replicate",
-    "shard_batch",
     "softmax_cross_entropy",
     "stack_batches",
 ]
@@ -166,6 +165,16 @@ def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(outputs - targets))
 
 
+def mse_in_torch_layout(output_layout: str | None) -> LossFn:
+    """``mse`` of a port's outputs moved back to PyTorch's layout first (``NHWC -> NCHW`` for
+    ``output_layout='NCHW'``), against targets in PyTorch's layout: the loss a twin computes."""
+
+    def loss_fn(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        return mse(to_channels_first(outputs, output_layout), targets)
+
+    return loss_fn
+
+
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy with integer labels, ``torch.nn.functional.cross_entropy``'s
     default.
@@ -184,138 +193,6 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-# --- data parallelism ---------------------------------------------------------------------------
-
-DATA_AXIS = "data"
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS) -> Mesh:
-    """A one-axis mesh of shape ``(len(devices),)`` whose axis is named ``axis``.
-
-    Args:
-      devices: the devices a batch is split over; default ``jax.devices()``: every device of
-        every process (after ``jax.distributed.initialize``, the devices of all hosts).
-      axis: the axis name that ``shard_batch`` and the train steps split batches along.
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("data_mesh needs at least one device, got none")
-    return Mesh(np.array(devices, dtype=object), (axis,))
-
-
-def _check_axis(mesh: Mesh, axis: str) -> None:
-    if axis not in mesh.axis_names:
-        raise ValueError(f"mesh has axes {mesh.axis_names}; expected one named {axis!r}")
-
-
-def _batch_sharding(mesh: Mesh, axis: str, batch_axis: int) -> NamedSharding:
-    """Leaves split along their axis ``batch_axis`` over the mesh axis ``axis``."""
-    return NamedSharding(mesh, P(*([None] * batch_axis), axis))
-
-
-def _local_shards(mesh: Mesh, axis: str) -> int:
-    """How many of the ``mesh.shape[axis]`` positions along ``axis`` this process's devices
-    hold (all of them in a single process)."""
-    i = mesh.axis_names.index(axis)
-    me = jax.process_index()
-    return len({idx[i] for idx, d in np.ndenumerate(mesh.devices) if d.process_index == me})
-
-
-def process_rows(batch_size: int, mesh: Mesh, axis: str = DATA_AXIS) -> np.ndarray:
-    """The rows of a global batch of ``batch_size`` rows that this process feeds.
-
-    In a multi-process run every process builds (or loads) only ``global_batch[rows]`` and passes
-    it to ``shard_batch``; in a single process the rows are all of them.
-
-    Returns:
-      (batch_size * local_devices / devices,) int64 row indices, increasing: the rows that land
-      on this process's devices of the mesh axis ``axis``.
-
-    Raises:
-      ValueError: ``batch_size`` does not divide evenly over the devices of ``axis``.
-    """
-    _check_axis(mesh, axis)
-    n_devices = mesh.shape[axis]
-    if batch_size % n_devices:
-        raise ValueError(
-            f"global batch size {batch_size} does not divide evenly over the {n_devices} devices "
-            f"of mesh axis {axis!r}; use a multiple of {n_devices}"
-        )
-    index_map = _batch_sharding(mesh, axis, 0).addressable_devices_indices_map((batch_size,))
-    rows = {r for index in index_map.values() for r in range(*index[0].indices(batch_size))}
-    return np.array(sorted(rows), dtype=np.int64)
-
-
-def shard_batch(batch: Any, mesh: Mesh, *, axis: str = DATA_AXIS, batch_axis: int = 0) -> Any:
-    """Split every leaf of ``batch`` along its axis ``batch_axis`` over the mesh axis ``axis``.
-
-    Args:
-      batch: a pytree of arrays with the batch on axis ``batch_axis``: (B, ...) leaves for a
-        train step, (steps, B, ...) with ``batch_axis=1`` for an epoch. In a single process the
-        whole batch; in a multi-process run this process's rows of it (``process_rows``),
-        (B * local_devices / devices, ...). A ``jax.Array`` leaf that already has the target
-        sharding is passed through as it is.
-      mesh: the device mesh.
-      axis: the mesh axis to split along.
-      batch_axis: the batch axis of every leaf.
-
-    Returns:
-      the batch with global ``jax.Array`` leaves, ``NamedSharding(mesh, P(..., axis))``: each of
-      the ``mesh.shape[axis]`` devices holds B / devices rows of every leaf.
-
-    Raises:
-      ValueError: a leaf's batch size does not divide evenly over the devices (the message names
-        both numbers and the leaf), or a leaf has no axis ``batch_axis``.
-    """
-    _check_axis(mesh, axis)
-    sharding = _batch_sharding(mesh, axis, batch_axis)
-    n_devices, local = mesh.shape[axis], _local_shards(mesh, axis)
-
-    def put(keypath: Any, leaf: Any) -> jax.Array:
-        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
-            return leaf
-        shape = np.shape(leaf)
-        where = f"batch leaf {path_str(keypath) or '<root>'} of shape {shape}"
-        if len(shape) <= batch_axis:
-            raise ValueError(f"{where} has no batch axis {batch_axis}")
-        size = shape[batch_axis]
-        if size % local:
-            if local == n_devices:
-                raise ValueError(
-                    f"batch size {size} does not divide evenly over {n_devices} devices (mesh "
-                    f"axis {axis!r}; {where}): use a batch size that is a multiple of {n_devices}"
-                )
-            raise ValueError(
-                f"this process's batch size {size} does not divide evenly over its {local} "
-                f"devices ({n_devices} devices in all on mesh axis {axis!r}; {where}): use a "
-                f"global batch size that is a multiple of {n_devices}"
-            )
-        if not mesh.is_multi_process:
-            return jax.device_put(leaf, sharding)
-        return jax.make_array_from_process_local_data(sharding, leaf)
-
-    return jax.tree_util.tree_map_with_path(put, batch)
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every leaf of ``tree`` (a ``TrainState``, parameters) on every device of ``mesh``.
-
-    Returns global ``jax.Array`` leaves with ``NamedSharding(mesh, P())``; use them in place of
-    ``tree`` (they may share its buffers, which a donating step then consumes). In a
-    multi-process run every process passes the same values and places its copy on its devices.
-    """
-    sharding = NamedSharding(mesh, P())
-    if not mesh.is_multi_process:
-        return jax.device_put(tree, sharding)
-
-    def put(leaf: Any) -> jax.Array:
-        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
-            return leaf
-        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf), np.shape(leaf))
-
-    return jax.tree.map(put, tree)
-
-
 def _jit_step(
     fn: Callable[[TrainState, Batch], Any],
     *,
@@ -328,11 +205,11 @@ def _jit_step(
     donate_argnums = (0,) if donate else ()
     if mesh is None:
         return jax.jit(fn, donate_argnums=donate_argnums)
-    _check_axis(mesh, axis)
+    check_axis(mesh, axis)
     replicated = NamedSharding(mesh, P())
     jitted = jax.jit(
         fn,
-        in_shardings=(replicated, _batch_sharding(mesh, axis, batch_axis)),
+        in_shardings=(replicated, batch_sharding(mesh, axis, batch_axis)),
         out_shardings=replicated,
         donate_argnums=donate_argnums,
     )

@@ -2,9 +2,10 @@
 Flax port with ``funcmod.optim.from_torch(optimizer)``, from the same weights, on the same
 batches, with the same loss.
 
-``check_trajectory('MLP', optimizer='adam', steps=200)`` trains both, compares every parameter
-after every step (``funcmod.tree.compare_trees``: per leaf, ``max|flax - torch| / max|torch|``)
-and the two loss curves, and returns a ``TrajectoryReport``.
+``run_trajectory`` trains both, compares every parameter after every step
+(``funcmod.tree.compare_trees``: per leaf, ``max|flax - torch| / max|torch|``) and the two loss
+curves, and returns a ``TrajectoryReport``. ``funcmod.articles.checks.check_trajectory`` runs it
+on a seed example.
 
 The loss is the mean squared error against fixed random targets of the output's shape, in
 PyTorch's layout (an image output of the port is moved from NHWC to NCHW before the loss). The
@@ -23,22 +24,17 @@ import torch
 from flax import linen as nn
 
 from funcmod.convert import torch_to_flax
-from funcmod.layout import to_channels_first, to_channels_last
+from funcmod.layout import inputs_to_channels_last
 from funcmod.optim import from_torch
-from funcmod.precision import x64_for
-from funcmod.train import create_train_state, make_train_step, mse
+from funcmod.precision import DTYPES, RTOL
+from funcmod.train import create_train_state, make_train_step, mse_in_torch_layout
 from funcmod.tree import LeafDiff, compare_trees
 
 __all__ = [
-    "DEFAULT_RTOL",
     "OPTIMIZERS",
     "TrajectoryReport",
-    "check_trajectory",
     "run_trajectory",
 ]
-
-# Max relative parameter error allowed at every step of a run.
-DEFAULT_RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-12}
 
 OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
@@ -144,31 +140,29 @@ def run_trajectory(
         torch optimizer from the module (translated with ``from_torch(opt, module)``).
       batches: ``(inputs, targets)`` per step, numpy arrays in PyTorch's layout: ``inputs`` a
         sequence of the forward's arguments, ``targets`` the output's shape. All float32 or all
-        float64; float64 needs ``jax_enable_x64`` (``check_trajectory`` enables it).
+        float64; float64 needs ``jax_enable_x64`` (``funcmod.precision.x64_for``).
       input_layouts: per input, ``'NCHW'`` for an image the port takes NHWC, else None.
       output_layout: ``'NCHW'`` when the output is an image.
       max_grad_norm: clip both runs' gradients (``clip_grad_norm_`` / ``clip_grad_norm``).
-      rtol: the allowed max relative error; default ``DEFAULT_RTOL`` for the dtype.
+      rtol: the allowed max relative error; default ``funcmod.precision.RTOL["trajectory"]``.
       name: the report's title (default: the Flax module's class name).
     """
     if not batches:
         raise ValueError("run_trajectory needs at least one batch")
     dtype = np.dtype(batches[0][1].dtype)
-    if dtype not in DEFAULT_RTOL:
+    if dtype not in DTYPES.values():
         raise ValueError(f"batches must be float32 or float64, got {dtype}")
     layouts = list(input_layouts) if input_layouts is not None else [None] * len(batches[0][0])
     opt_name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
     factory = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
     torch_opt = factory(torch_module)
     tx = from_torch(torch_opt, torch_module, max_grad_norm=max_grad_norm)
-    rtol = DEFAULT_RTOL[dtype] if rtol is None else rtol
-
-    def loss_fn(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-        return mse(to_channels_first(outputs, output_layout), targets)
+    rtol = RTOL["trajectory"][dtype] if rtol is None else rtol
 
     initial = jax.tree.map(np.array, _params(torch_module))
     state = create_train_state(flax_module, torch_to_flax(torch_module), tx)
-    train_step = make_train_step(loss_fn)  # jitted once; compiled on the first batch
+    # Jitted once; compiled on the first batch.
+    train_step = make_train_step(mse_in_torch_layout(output_layout))
     per_step: list[float] = []
     torch_losses: list[float] = []
     flax_losses: list[float] = []
@@ -184,9 +178,7 @@ def run_trajectory(
         torch_opt.step()
         torch_losses.append(float(loss.detach()))
         # Flax: the same step, jitted.
-        flax_inputs = tuple(
-            to_channels_last(a, lay) for a, lay in zip(inputs, layouts, strict=True)
-        )
+        flax_inputs = inputs_to_channels_last(inputs, layouts)
         state, metrics = train_step(state, (flax_inputs, targets))
         flax_losses.append(float(metrics["loss"]))
         final = compare_trees(state.params, _params(torch_module), rtol=rtol)
@@ -209,93 +201,3 @@ def run_trajectory(
         loss=loss_diff,
         moved=moved,
     )
-
-
-def check_trajectory(
-    example: Any,
-    *,
-    optimizer: str | OptimizerFactory = "sgd",
-    steps: int = 200,
-    dtype: Any = np.float32,
-    seed: int = 0,
-    batch: int = 4,
-    image_size: int | None = None,
-    max_grad_norm: float | None = None,
-    rtol: float | None = None,
-) -> TrajectoryReport:
-    """Train a seed example's twin and port side by side for ``steps`` steps.
-
-    Args:
-      example: a ``funcmod.catalog.Example`` or its name (``'MLP'``); it must be trainable.
-      optimizer: ``'sgd'`` (lr 0.01, momentum 0.9), ``'adam'`` (lr 1e-3), ``'adamw'`` (lr 1e-3,
-        weight decay 0.01) or a function building a torch optimizer from the module.
-      steps: number of training steps, each on a fresh random batch.
-      dtype: ``np.float32`` or ``np.float64`` (run inside ``jax.enable_x64(True)``).
-      seed: seeds the twin's initialisation (the port starts from its converted weights), the
-        inputs and the targets.
-      batch: the batch size.
-      image_size: height and width of image inputs (default: the example's own).
-      max_grad_norm: clip the gradients of both runs to this norm.
-      rtol: the allowed max relative parameter error (default ``DEFAULT_RTOL``).
-    """
-    from funcmod.catalog import EXAMPLES
-
-    ex = EXAMPLES[example] if isinstance(example, str) else example
-    if not ex.trainable:
-        raise ValueError(f"{ex.name} has no parameters to train")
-    dtype = np.dtype(dtype)
-    torch.manual_seed(seed)
-    twin = ex.torch_module(dtype)  # raises unless float32 or float64
-    rng = np.random.default_rng(seed)
-    inputs = [ex.make_inputs(rng, batch, dtype, image_size) for _ in range(steps)]
-    with torch.no_grad():
-        out_shape = tuple(twin(*(torch.from_numpy(a) for a in inputs[0])).shape)
-    batches = [(xs, rng.standard_normal(out_shape).astype(dtype)) for xs in inputs]
-    with x64_for(dtype):
-        return run_trajectory(
-            twin,
-            ex.flax_module(param_dtype=dtype),
-            optimizer,
-            batches,
-            input_layouts=ex.input_layouts,
-            output_layout=ex.output_layout,
-            max_grad_norm=max_grad_norm,
-            rtol=rtol,
-            name=ex.name,
-        )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m funcmod.trajectory``: the table of every trainable example x optimizer x
-    dtype, max relative parameter error over the run; exits 1 if any run misses its target."""
-    import argparse
-    import time
-
-    from funcmod.catalog import EXAMPLES
-
-    parser = argparse.ArgumentParser(prog="python -m funcmod.trajectory")
-    trainable = [n for n, e in EXAMPLES.items() if e.trainable]
-    parser.add_argument("--examples", nargs="+", default=trainable, choices=trainable)
-    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=None, help="default: the example's")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    print(f"{'example':16} {'optimizer':9} {'float32':>9} {'float64':>9}  (max rel param error)")
-    all_ok = True
-    for name in args.examples:
-        for opt in args.optimizers:
-            cells = []
-            for dtype in (np.float32, np.float64):
-                r = check_trajectory(
-                    name, optimizer=opt, steps=args.steps, dtype=dtype, image_size=args.image_size
-                )
-                all_ok &= r.ok
-                cells.append(f"{r.max_rel:9.2e}{' ' if r.ok else '!'}")
-            print(f"{name:16} {opt:9} {' '.join(cells)}", flush=True)
-    print(f"{args.steps} steps each, {time.perf_counter() - start:.0f} s; '!' misses its target")
-    return 0 if all_ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

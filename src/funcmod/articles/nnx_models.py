@@ -8,38 +8,37 @@ NNX modules are ordinary Python objects that hold their parameters, as ``torch.n
 
 Each class has the PyTorch original's name, constructor arguments and attribute names, plus two
 keyword arguments: ``rngs`` (where random initial values come from) and ``param_dtype``.
-Layers draw from PyTorch's default distributions (``funcmod.init``), images are NHWC and inputs
-are checked exactly as the Linen ports check them (``funcmod._checks``).
+Layers draw from PyTorch's default distributions (``funcmod.nn.init``), images are NHWC and inputs
+are checked exactly as the Linen ports check them (``funcmod.layout``).
 
 The explicit state pytree is one call away, and back::
 
     graphdef, state = nnx.split(model)  # state: {'linear1': {'kernel': Param, 'bias': Param}, ...}
     model = nnx.merge(graphdef, state)  # the same module again, from (structure, arrays)
 
-Names differ from Linen in one place: an element of a list attribute. Linen calls the first
-layer of ``self.layers = [...]`` ``layers_0``; NNX keeps the list and the index, ``layers/0``
-(an ``int`` key). ``linen_params`` and ``load_linen_params`` map between the two, so the weights
-that ``funcmod.convert.torch_to_flax`` makes for a Linen port load into its NNX port unchanged.
+Names differ from Linen in one place: an element of a list attribute. Linen calls the first layer of
+``self.layers = [...]`` ``layers_0``; NNX keeps the list and the index, ``layers/0`` (an ``int``
+key). ``funcmod.nn.interop.linen_params`` and ``load_linen_params`` map between the two, so the
+weights that ``funcmod.convert.torch_to_flax`` makes for a Linen port load into its NNX port
+unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx, traverse_util
+from flax import nnx
 
-from funcmod._checks import check_broadcastable, check_channels_last, check_last_dim
-from funcmod.init import torch_bias_init, torch_kernel_init
+from funcmod.articles.catalog import get_example
+from funcmod.layout import check_broadcastable, check_channels_last, check_last_dim
+from funcmod.nn.nnx_layers import torch_like_conv2d, torch_like_linear
 
 __all__ = [
     "MLP",
     "CustomLinear",
     "CustomModule",
-    "LinenView",
     "MultiplyByTwo",
     "RiskyModule",
     "SequentialModel",
@@ -48,56 +47,9 @@ __all__ = [
     "SimpleConvNet",
     "SimpleLinear",
     "from_example",
-    "linen_params",
-    "load_linen_params",
-    "torch_like_conv2d",
-    "torch_like_linear",
 ]
 
 Dtype = Any
-
-
-def torch_like_linear(
-    in_features: int, out_features: int, *, rngs: nnx.Rngs, param_dtype: Dtype = jnp.float32
-) -> nnx.Linear:
-    """An ``nnx.Linear`` initialised like ``torch.nn.Linear(in_features, out_features)``.
-
-    Kernel (in, out) and bias (out,) are both U(-1/sqrt(in_features), 1/sqrt(in_features)).
-    """
-    return nnx.Linear(
-        in_features,
-        out_features,
-        kernel_init=torch_kernel_init(),
-        bias_init=torch_bias_init(in_features),
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-
-
-def torch_like_conv2d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    padding: int = 0,
-    *,
-    rngs: nnx.Rngs,
-    param_dtype: Dtype = jnp.float32,
-) -> nnx.Conv:
-    """An ``nnx.Conv`` matching ``torch.nn.Conv2d(in, out, kernel_size, padding=padding)``.
-
-    Kernel (kH, kW, in, out). The padding is explicit, ((p, p), (p, p)): NNX's default
-    ``'SAME'`` pads asymmetrically when strided, PyTorch never does.
-    """
-    return nnx.Conv(
-        in_channels,
-        out_channels,
-        kernel_size=(kernel_size, kernel_size),
-        padding=((padding, padding), (padding, padding)),
-        kernel_init=torch_kernel_init(),
-        bias_init=torch_bias_init(in_channels * kernel_size * kernel_size),
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
 
 
 class SimpleAdder(nnx.Module):
@@ -246,8 +198,8 @@ class SimpleLinear(nnx.Module):
 class CustomModule(nnx.Module):
     """``linear2(relu(linear1(x)) @ weight_custom)``, ``weight_custom`` (hidden, hidden) ~ N(0, 1).
 
-    The article's (hidden_dim, output_dim) shape cannot run; see ``funcmod.models.CustomModule``.
-    Input (..., input_dim); returns (..., output_dim).
+    The article's (hidden_dim, output_dim) shape cannot run; see
+    ``funcmod.articles.models.CustomModule``. Input (..., input_dim); returns (..., output_dim).
     """
 
     def __init__(
@@ -302,98 +254,7 @@ class SequentialModel(nnx.Sequential):
 
 
 def from_example(example: Any, *, rngs: nnx.Rngs, param_dtype: Dtype = jnp.float32) -> nnx.Module:
-    """The NNX port of a seed example (a ``funcmod.catalog.Example`` or its name), built with the
-    example's constructor arguments."""
-    from funcmod.catalog import EXAMPLES
-
-    ex = EXAMPLES[example] if isinstance(example, str) else example
+    """The NNX port of a seed example (a ``funcmod.articles.catalog.Example`` or its name), built
+    with the example's constructor arguments."""
+    ex = get_example(example)
     return globals()[ex.name](**ex.kwargs, rngs=rngs, param_dtype=param_dtype)
-
-
-# --- Linen names <-> NNX state -------------------------------------------------------------------
-
-
-def _linen_path(nnx_path: tuple[Any, ...]) -> tuple[str, ...]:
-    """``('layers', 0, 'kernel')`` -> ``('layers_0', 'kernel')``: an int key is a list index,
-    which Linen appends to the list attribute's name."""
-    out: list[str] = []
-    for key in nnx_path:
-        if isinstance(key, int) and out:
-            out[-1] = f"{out[-1]}_{key}"
-        else:
-            out.append(str(key))
-    return tuple(out)
-
-
-def _param_leaves(
-    model: nnx.Module | nnx.State,
-) -> tuple[list[tuple[tuple[Any, ...], Any]], Any]:
-    """The ``nnx.Param`` arrays of a model (or the arrays of a state, such as the gradients
-    ``nnx.grad`` returns) with their NNX paths, and the state's tree structure."""
-    state = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
-    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
-    # Every leaf path ends in GetAttrKey('value') (the array inside the Param); drop it.
-    leaves = [(tuple(k.key for k in p if isinstance(k, jax.tree_util.DictKey)), v) for p, v in flat]
-    return leaves, treedef
-
-
-def linen_params(model: nnx.Module | nnx.State) -> dict[str, Any]:
-    """The model's parameters as the Linen port names them: ``{'linear1': {'kernel': ...}}``.
-
-    Also takes a state of the same structure, for example the gradient ``nnx.grad`` returns
-    for the model. Wrap it as ``{'params': linen_params(model)}`` to get Linen variables.
-    """
-    leaves, _ = _param_leaves(model)
-    return traverse_util.unflatten_dict({_linen_path(p): v for p, v in leaves})
-
-
-def _nnx_state_from_linen(model: nnx.Module, params: Mapping[str, Any]) -> nnx.State:
-    """A ``nnx.Param`` state for ``model`` holding the Linen-named ``params``, checked strictly."""
-    leaves, treedef = _param_leaves(model)
-    given = traverse_util.flatten_dict(dict(params))
-    wanted = {_linen_path(p): v for p, v in leaves}
-    missing = sorted("/".join(k) for k in wanted.keys() - given.keys())
-    unexpected = sorted("/".join(k) for k in given.keys() - wanted.keys())
-    mismatched = [
-        f"{'/'.join(k)}: expected {np.shape(v)} {np.dtype(v.dtype).name}, "
-        f"got {np.shape(given[k])} {np.dtype(given[k].dtype).name}"
-        for k, v in wanted.items()
-        if k in given
-        and (np.shape(given[k]) != np.shape(v) or np.dtype(given[k].dtype) != np.dtype(v.dtype))
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"params do not fit {type(model).__name__}: missing {missing}, "
-            f"unexpected {unexpected}, mismatched {mismatched}"
-        )
-    return jax.tree_util.tree_unflatten(treedef, [given[_linen_path(p)] for p, _ in leaves])
-
-
-def load_linen_params(model: nnx.Module, params: Mapping[str, Any]) -> None:
-    """Write Linen-named parameters (``variables['params']`` of the Linen port, or of
-    ``torch_to_flax(twin)``) into the NNX model, in place.
-
-    Raises:
-      ValueError: naming every missing and unexpected key and every leaf whose shape or dtype
-        does not fit; nothing is written then.
-    """
-    nnx.update(model, _nnx_state_from_linen(model, params))
-
-
-class LinenView:
-    """An NNX model seen through Linen's functional interface: ``view.apply(variables, *xs)``.
-
-    ``variables['params']`` uses the Linen names. The model itself is not modified: each call
-    merges a fresh copy from the model's graph definition and the given arrays, so ``jax.grad``
-    with respect to ``variables`` works, and code written for a Linen port (for example
-    ``funcmod.parity.check_parity``) runs the NNX model unchanged. State other than parameters
-    (batch statistics, say) is taken as it was when the view was made.
-    """
-
-    def __init__(self, model: nnx.Module):
-        self.model = model
-        self._graphdef, _, self._rest = nnx.split(model, nnx.Param, ...)
-
-    def apply(self, variables: Mapping[str, Any], *args: Any) -> Any:
-        params = _nnx_state_from_linen(self.model, variables.get("params", {}))
-        return nnx.merge(self._graphdef, params, self._rest)(*args)

@@ -1,11 +1,10 @@
-"""The ``funcmod`` command line.
+"""``funcmod compare``: every seed example's PyTorch twin and Flax port side by side.
 
-``funcmod compare`` runs every seed example's PyTorch twin and Flax port side by side and prints
-one row per example: parameter count, forward and gradient errors in float32 and float64, and
-whether each is within its target. ``--steps N`` adds a training column: the max relative
-parameter error over N steps of SGD with momentum, Adam and AdamW (the worst of the three),
-torch.optim against its optax translation. ``--json`` prints the same as JSON. The exit status
-is 1 when any example fails.
+One row per example: parameter count, forward and gradient errors in float32 and float64, and
+whether each is within its target (``funcmod.precision.RTOL``). ``--steps N`` adds a training
+column: the max relative parameter error over N steps of SGD with momentum, Adam and AdamW (the
+worst of the three), torch.optim against its optax translation. ``--json`` prints the same as
+JSON. The exit status is 1 when any example fails, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -16,18 +15,50 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+from funcmod.articles.catalog import EXAMPLES
+from funcmod.precision import DTYPES
+from funcmod.tools.args import nonnegative_int, positive_int
 
-from funcmod.catalog import EXAMPLES
+__all__ = ["add_parser", "run"]
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``compare`` on the ``funcmod`` command line."""
+    p = subparsers.add_parser(
+        "compare", help="parity of every seed example, PyTorch twin vs Flax port"
+    )
+    p.add_argument("examples", nargs="*", help=f"examples to run (default: all: {list(EXAMPLES)})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="dtypes to check"
+    )
+    p.add_argument("--batch", type=positive_int, default=4, help="batch size of the random inputs")
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed for weights, inputs and cotangent"
+    )
+    p.add_argument(
+        "--steps",
+        type=nonnegative_int,
+        default=0,
+        help="also train each trainable example N steps with SGD, Adam and AdamW in both "
+        "frameworks and report the max parameter error (default 0: no training)",
+    )
+    p.add_argument(
+        "--train-image-size",
+        type=nonnegative_int,
+        default=8,
+        help="height and width of image inputs in the training runs (default 8; 0 for the "
+        "examples' own sizes, where float32 ReLU kinks make long runs drift: see "
+        "docs/pitfalls.md)",
+    )
+    p.set_defaults(run=run)
 
 
 def _compare_example(
     name: str, dtypes: Sequence[str], batch: int, seed: int, steps: int, image_size: int | None
 ) -> dict[str, Any]:
+    from funcmod.articles.checks import check_example
     from funcmod.convert import torch_to_flax
-    from funcmod.parity import check_example
     from funcmod.tree import count_params
 
     ex = EXAMPLES[name]
@@ -64,7 +95,8 @@ def _compare_example(
 def _train_example(
     ex: Any, dtype: Any, batch: int, seed: int, steps: int, image_size: int | None
 ) -> dict[str, Any]:
-    from funcmod.trajectory import OPTIMIZERS, check_trajectory
+    from funcmod.articles.checks import check_trajectory
+    from funcmod.trajectory import OPTIMIZERS
 
     image_size = image_size if any(ex.input_layouts) else None
     runs = {}
@@ -149,7 +181,8 @@ def _print_table(rows: list[dict[str, Any]], dtypes: Sequence[str], steps: int) 
     console.print(f"{passed} of {len(rows)} examples pass.")
 
 
-def compare(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``funcmod compare``: exit 0 when every example passes, 1 when one fails, 2 on bad input."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -160,9 +193,6 @@ def compare(args: argparse.Namespace) -> int:
         print(f"unknown examples {unknown}; choose from {list(EXAMPLES)}", file=sys.stderr)
         return 2
     names = args.examples or list(EXAMPLES)
-    if args.steps < 0:
-        print(f"--steps must be >= 0, got {args.steps}", file=sys.stderr)
-        return 2
     image_size = args.train_image_size or None
     rows = [
         _compare_example(n, args.dtypes, args.batch, args.seed, args.steps, image_size)
@@ -173,76 +203,3 @@ def compare(args: argparse.Namespace) -> int:
     else:
         _print_table(rows, args.dtypes, args.steps)
     return 0 if all(r["ok"] for r in rows) else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="funcmod", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compare", help="parity of every seed example, PyTorch twin vs Flax port")
-    p.add_argument("examples", nargs="*", help=f"examples to run (default: all: {list(EXAMPLES)})")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="dtypes to check"
-    )
-    p.add_argument("--batch", type=int, default=4, help="batch size of the random inputs")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and cotangent")
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help="also train each trainable example N steps with SGD, Adam and AdamW in both "
-        "frameworks and report the max parameter error (default 0: no training)",
-    )
-    p.add_argument(
-        "--train-image-size",
-        type=int,
-        default=8,
-        help="height and width of image inputs in the training runs (default 8; 0 for the "
-        "examples' own sizes, where float32 ReLU kinks make long runs drift: see "
-        "docs/pitfalls.md)",
-    )
-    p.set_defaults(func=compare)
-    from funcmod.bench import bench_defaults
-
-    d = bench_defaults()
-    b = sub.add_parser(
-        "bench", help="time a training step: jitted Flax vs torch eager and torch.compile"
-    )
-    trainable = [n for n, e in EXAMPLES.items() if e.trainable]
-    b.add_argument("examples", nargs="*", help=f"examples (default: all trainable: {trainable})")
-    b.add_argument("--batch-sizes", type=int, nargs="+", help=f"default {d['batch_sizes']}")
-    b.add_argument(
-        "--image-sizes",
-        type=int,
-        nargs="*",
-        help=f"image examples also run at these sizes, besides their own ({d['image_sizes']})",
-    )
-    b.add_argument("--optimizer", help=f"sgd, adam or adamw (default {d['optimizer']})")
-    b.add_argument("--rounds", type=int, help=f"timed rounds, median reported ({d['rounds']})")
-    b.add_argument("--min-time", type=float, help=f"seconds per measurement ({d['min_time']})")
-    b.add_argument("--torch-threads", type=int, nargs="+", help="default: torch's own and 1")
-    b.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
-    b.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    b.add_argument("--out", help="also write bench.json, bench.md and bench.png here")
-    b.set_defaults(func=_bench)
-    return parser
-
-
-def _bench(args: argparse.Namespace) -> int:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("funcmod bench needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
-        return 2
-    from funcmod.bench import command
-
-    return command(args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

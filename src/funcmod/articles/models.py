@@ -10,11 +10,12 @@ pytree::
     y = model.apply(variables, x)
 
 Images are channels-last (NHWC), Flax's convention; the PyTorch twins take NCHW.
-Layers are initialised from PyTorch's default distributions (``funcmod.init``), so a freshly
+Layers are initialised from PyTorch's default distributions (``funcmod.nn.init``), so a freshly
 initialised port trains like the original. ``param_dtype`` sets the parameters' dtype (use
 ``jnp.float64`` with ``jax_enable_x64`` for float64 runs).
 
-The PyTorch twins are in ``funcmod.torch_models``; ``funcmod.convert`` moves weights between them.
+The PyTorch twins are in ``funcmod.articles.torch_models``; ``funcmod.convert`` moves weights
+between them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from funcmod._checks import check_broadcastable, check_channels_last, check_last_dim
-from funcmod.conv import conv_general_dilated
-from funcmod.init import torch_bias_init, torch_kernel_init
+from funcmod.layout import check_broadcastable, check_channels_last, check_last_dim
+from funcmod.nn.layers import torch_like_conv2d, torch_like_dense
 
 __all__ = [
     "MLP",
@@ -41,58 +41,9 @@ __all__ = [
     "SimpleCNN",
     "SimpleConvNet",
     "SimpleLinear",
-    "torch_like_conv2d",
-    "torch_like_dense",
 ]
 
 Dtype = Any
-
-
-def torch_like_dense(
-    in_features: int, out_features: int, param_dtype: Dtype = jnp.float32, name: str | None = None
-) -> nn.Dense:
-    """An ``nn.Dense`` initialised like ``torch.nn.Linear(in_features, out_features)``.
-
-    ``in_features`` is needed only for the bias initialisation (its bound is 1/sqrt(fan_in));
-    Flax infers the kernel's input size from the first input it sees.
-    """
-    return nn.Dense(
-        out_features,
-        kernel_init=torch_kernel_init(),
-        bias_init=torch_bias_init(in_features),
-        param_dtype=param_dtype,
-        name=name,
-    )
-
-
-def torch_like_conv2d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    padding: int = 0,
-    param_dtype: Dtype = jnp.float32,
-    name: str | None = None,
-) -> nn.Conv:
-    """An ``nn.Conv`` matching ``torch.nn.Conv2d(in, out, kernel_size, padding=padding)``.
-
-    The padding is passed explicitly as ((p, p), (p, p)): Flax's default ``'SAME'`` pads
-    asymmetrically when strided, PyTorch never does. The parameters are Flax's usual
-    ``kernel`` (kernel_size, kernel_size, in, out) and ``bias`` (out,). The convolution is
-    ``funcmod.conv.conv_general_dilated``: on CPU a convolution with few taps
-    (``kernel_size**2 * in_channels <= funcmod.conv.MAX_DIRECT_TAPS``, such as 3x3 on RGB) is
-    computed as a fused sum of shifted inputs, faster than XLA:CPU's convolution kernel; its
-    gradients, and every other backend and shape, are ``lax.conv_general_dilated``'s.
-    """
-    return nn.Conv(
-        out_channels,
-        kernel_size=(kernel_size, kernel_size),
-        padding=((padding, padding), (padding, padding)),
-        kernel_init=torch_kernel_init(),
-        bias_init=torch_bias_init(in_channels * kernel_size * kernel_size),
-        param_dtype=param_dtype,
-        conv_general_dilated=conv_general_dilated,
-        name=name,
-    )
 
 
 class SimpleAdder(nn.Module):

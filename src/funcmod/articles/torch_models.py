@@ -1,5 +1,6 @@
-"""PyTorch twins of the Flax ports in ``funcmod.models``: same class names, constructor arguments
-and attribute names, written from the seed articles' descriptions with their mistakes fixed.
+"""PyTorch twins of the Flax ports in ``funcmod.articles.models``: same class names, constructor
+arguments and attribute names, written from the seed articles' descriptions with their mistakes
+fixed.
 
 This is the only ``funcmod`` module (with ``convert`` and ``parity``) that needs torch.
 Images are NCHW here, as PyTorch expects.

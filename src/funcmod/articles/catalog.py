@@ -1,15 +1,16 @@
 """The seed examples, one entry each: how to build the Flax port and the PyTorch twin with the
 same constructor arguments, and what inputs they take.
 
-Each entry is keyed by the class name it has in ``funcmod.models`` and ``funcmod.torch_models``
-(and in ``comparisons/`` and the docs), so one name finds everything about an example.
-This module imports without torch; ``Example.torch_module`` imports it when called.
+Each entry is keyed by the class name it has in ``funcmod.articles.models`` and
+``funcmod.articles.torch_models`` (and in ``comparisons/`` and the docs), so one name finds
+everything about an example. This module imports without torch; ``Example.torch_module`` imports it
+when called.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from funcmod import models
+from funcmod.articles import models
+from funcmod.layout import inputs_to_channels_last
 
-__all__ = ["EXAMPLES", "Example"]
+__all__ = ["EXAMPLES", "Example", "get_example"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Example:
     """One seed example.
 
     Attributes:
-      name: the class name in ``funcmod.models`` and ``funcmod.torch_models``.
+      name: the class name in ``funcmod.articles.models`` and ``funcmod.articles.torch_models``.
       article: the seed article it comes from.
       kwargs: constructor arguments, the same for the port and the twin.
       input_shapes: shapes of the inputs for a batch of one, in PyTorch's layout, without the
@@ -59,7 +61,7 @@ class Example:
         """The PyTorch twin, in ``dtype``: ``np.float32``/``np.float64`` or a torch dtype."""
         import torch
 
-        from funcmod import torch_models
+        from funcmod.articles import torch_models
 
         if not isinstance(dtype, torch.dtype):
             np_dtype = np.dtype(dtype)
@@ -68,6 +70,10 @@ class Example:
             dtype = getattr(torch, np_dtype.name)
         module = getattr(torch_models, self.name)(**self.kwargs)
         return module.to(dtype)
+
+    def port_inputs(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
+        """Inputs in PyTorch's layout (``make_inputs``) moved to the port's: images NHWC."""
+        return inputs_to_channels_last(inputs, self.input_layouts)
 
     def make_inputs(
         self,
@@ -122,3 +128,18 @@ EXAMPLES: dict[str, Example] = {
         Example("SequentialModel", _A3, {"input_size": 10, "hidden_size": 20, "output_size": 5}),
     ]
 }
+
+
+def get_example(example: str | Example) -> Example:
+    """The catalog entry for ``example``: an ``Example`` is returned as it is, a name is looked up.
+
+    Raises:
+      ValueError: the name is not in ``EXAMPLES``; the message lists the names that are.
+    """
+    if isinstance(example, Example):
+        return example
+    try:
+        return EXAMPLES[example]
+    except KeyError:
+        names = list(EXAMPLES)
+        raise ValueError(f"no seed example named {example!r}; expected one of {names}") from None

@@ -1,10 +1,11 @@
 """Train a port and its twin on the digits, side by side, from the same initial weights.
 
-``train_and_evaluate(config, workdir)`` is what ``examples/digits_mlp.py`` and
-``examples/digits_cnn.py`` run: the twin trains with a ``torch.optim.Adam`` loop, the port with
-``funcmod.optim.from_torch`` of that optimizer and ``funcmod.train``'s jitted ``lax.scan`` epoch,
-on the same mini-batches. It reports both test accuracies, the final parameter error between the
-two runs, and writes a PNG with the two loss curves overlaid.
+``train_and_evaluate(config, workdir)`` is what ``funcmod digits mlp|cnn`` (and the scripts
+``examples/digits_mlp.py``, ``examples/digits_cnn.py``) run: the twin trains with a
+``torch.optim.Adam`` loop, the port with ``funcmod.optim.from_torch`` of that optimizer and
+``funcmod.train``'s jitted ``lax.scan`` epoch, on the same mini-batches. It reports both test
+accuracies, the final parameter error between the two runs, and writes a PNG with the two loss
+curves overlaid.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from funcmod import models, torch_models
+from funcmod.articles import models, torch_models
+from funcmod.articles.data import batches, load_digits
 from funcmod.convert import torch_to_flax
-from funcmod.data import batches, load_digits
 from funcmod.layout import to_channels_last
 from funcmod.optim import from_torch
 from funcmod.train import (
@@ -34,7 +35,7 @@ from funcmod.train import (
 )
 from funcmod.tree import compare_trees
 
-__all__ = ["DigitsConfig", "main", "train_and_evaluate"]
+__all__ = ["DigitsConfig", "train_and_evaluate"]
 
 
 @dataclass(frozen=True)
@@ -168,32 +169,3 @@ def train_and_evaluate(config: DigitsConfig, workdir: str | Path) -> dict[str, A
     }
     (workdir / f"digits_{config.model}.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "torch_losses": torch_losses, "flax_losses": flax_loss.tolist()}
-
-
-def main(model: str, argv: list[str] | None = None) -> dict[str, Any]:
-    """The command line of ``examples/digits_<model>.py``: parse flags, train, print a summary."""
-    import argparse
-
-    defaults = DigitsConfig(model=model, hidden=64 if model == "mlp" else 16)
-    parser = argparse.ArgumentParser(
-        description=f"Train the {model.upper()} port and its PyTorch twin on the digits."
-    )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--hidden", type=int, default=defaults.hidden)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--workdir", default="results")
-    args = parser.parse_args(argv)
-    config = dataclasses.replace(
-        defaults,
-        hidden=args.hidden,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-    )
-    result = train_and_evaluate(config, args.workdir)
-    summary = {k: v for k, v in result.items() if not k.endswith("_losses")}
-    print(json.dumps(summary, indent=2))
-    return result

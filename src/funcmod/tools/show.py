@@ -2,18 +2,18 @@
 
 ``show('MLP')`` prints, one section after the other, each under a labelled rule:
 
-1. the PyTorch twin's source (``funcmod.torch_models.MLP``), then the Flax port's
-   (``funcmod.models.MLP``);
+1. the PyTorch twin's source (``funcmod.articles.torch_models.MLP``), then the Flax port's
+   (``funcmod.articles.models.MLP``);
 2. parity: the forward output and every gradient, in float32 and in float64
-   (``funcmod.parity.check_example``);
+   (``funcmod.articles.checks.check_example``);
 3. for an example with parameters, ``steps`` training steps of both from the same weights on the
-   same batches, in float32 and float64 (``funcmod.trajectory.check_trajectory``);
+   same batches, in float32 and float64 (``funcmod.articles.checks.check_trajectory``);
 4. timing: torch eager against the jitted Flax step, the median seconds per step over
-   interleaved rounds (``funcmod.bench``). For an example with parameters the step is a training
-   step (MSE against random targets, the same optimizer in both); for one without, it is a
+   interleaved rounds (``funcmod.tools.bench``). For an example with parameters the step is a
+   training step (MSE against random targets, the same optimizer in both); for one without, it is a
    forward pass.
 
-It returns a JSON-able summary. ``main(name, argv)`` is the command line every script in
+It returns a JSON-able summary. ``funcmod show NAME`` is the command line every script in
 ``comparisons/`` runs (``python comparisons/mlp.py --help``).
 """
 
@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from collections.abc import Sequence
 from typing import Any, TextIO
 
 import jax
 import numpy as np
 
-from funcmod.catalog import EXAMPLES, Example
+from funcmod.articles.catalog import EXAMPLES, Example, get_example
+from funcmod.precision import DTYPES
+from funcmod.tools.args import nonnegative_int, positive_int
 
-__all__ = ["main", "script_name", "show", "time_forward"]
-
-_DTYPES = (np.float32, np.float64)
+__all__ = ["add_parser", "run", "script_name", "show", "time_forward"]
 
 
 def script_name(name: str) -> str:
@@ -54,7 +53,7 @@ def _rule(title: str, file: TextIO) -> None:
 
 
 def _sources(ex: Example, file: TextIO) -> None:
-    from funcmod import models, torch_models
+    from funcmod.articles import models, torch_models
 
     for label, module in (("PyTorch twin", torch_models), ("Flax port", models)):
         cls = getattr(module, ex.name)
@@ -75,17 +74,13 @@ def time_forward(
 
     import torch
 
-    from funcmod.bench import steps_per_measurement, time_interleaved
     from funcmod.convert import torch_to_flax
-    from funcmod.layout import to_channels_last
+    from funcmod.tools.bench import steps_per_measurement, time_interleaved
 
     twin = ex.torch_module()
     inputs = ex.make_inputs(np.random.default_rng(0), batch, np.float32, image_size)
     torch_inputs = [torch.from_numpy(a) for a in inputs]
-    flax_inputs = [
-        jax.numpy.asarray(to_channels_last(a, lay))  # NCHW -> NHWC for images
-        for a, lay in zip(inputs, ex.input_layouts, strict=True)
-    ]
+    flax_inputs = [jax.numpy.asarray(a) for a in ex.port_inputs(inputs)]  # images NHWC
     model, variables = ex.flax_module(), torch_to_flax(twin)
     apply = jax.jit(model.apply)
 
@@ -124,7 +119,7 @@ def show(
     """Print one example side by side (see the module docstring) and return the summary.
 
     Args:
-      name: the example (``funcmod.EXAMPLES`` key).
+      name: the example (a ``funcmod.articles.EXAMPLES`` key).
       steps: training steps in the trajectory check (0: none).
       batch: batch size of the parity and training checks.
       image_size: height and width of image inputs everywhere (default: the example's own).
@@ -138,27 +133,23 @@ def show(
       ``{'example', 'parity': {dtype: report dict}, 'training': {dtype: report dict},
       'timing': {...}, 'ok'}``; ``ok`` is whether every parity and training check passed.
     """
-    from funcmod.parity import check_example
+    from funcmod.articles.checks import check_example, check_trajectory
 
-    if name not in EXAMPLES:
-        raise ValueError(f"unknown example {name!r}; expected one of {list(EXAMPLES)}")
+    ex = get_example(name)
     out = sys.stdout if file is None else file
-    ex = EXAMPLES[name]
     print(f"{ex.name}: from the article {ex.article!r}", file=out)
     _sources(ex, out)
 
     summary: dict[str, Any] = {"example": name, "parity": {}, "training": {}, "timing": None}
     _rule("parity: forward output and gradients, Flax port vs PyTorch twin", out)
-    for dtype in _DTYPES:
+    for dtype in DTYPES.values():
         report = check_example(ex, dtype=dtype, batch=batch, image_size=image_size)
         summary["parity"][report.dtype] = report.to_dict()
         print(report, file=out)
 
     if ex.trainable and steps > 0:
-        from funcmod.trajectory import check_trajectory
-
         _rule(f"training: {steps} steps of {optimizer} in both, from the same weights", out)
-        for dtype in _DTYPES:
+        for dtype in DTYPES.values():
             run = check_trajectory(
                 ex,
                 optimizer=optimizer,
@@ -188,7 +179,7 @@ def _timing(
     min_time: float,
     out: TextIO,
 ) -> dict[str, Any]:
-    from funcmod.bench import BenchConfig, Case, bench_case, format_seconds
+    from funcmod.tools.bench import BenchConfig, Case, bench_case, format_seconds
 
     if not ex.trainable:
         _rule(f"timing: one forward pass, batch {batch} (no parameters to train)", out)
@@ -230,23 +221,35 @@ def _timing(
     }
 
 
-def main(name: str, argv: Sequence[str] | None = None) -> int:
-    """The command line of ``comparisons/<example>.py``; exits 1 if a parity check fails."""
-    parser = argparse.ArgumentParser(
-        prog=f"comparisons/{script_name(name)}",
-        description=f"{name}: PyTorch twin and Flax port side by side.",
+def add_parser(subparsers: Any) -> None:
+    """Register ``show NAME`` on the ``funcmod`` command line (what ``comparisons/*.py`` run)."""
+    p = subparsers.add_parser(
+        "show", help="one seed example side by side: sources, parity, training, timing"
     )
-    parser.add_argument("--steps", type=int, default=20, help="training steps (0: none)")
-    parser.add_argument("--batch", type=int, default=4, help="batch of the parity checks")
-    parser.add_argument("--image-size", type=int, help="image height and width (default: own)")
-    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adam")
-    parser.add_argument("--bench-batch", type=int, default=32, help="batch of the timed steps")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
-    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
-    parser.add_argument("--no-timing", action="store_true", help="skip the timing")
-    args = parser.parse_args(argv)
+    p.add_argument("name", choices=list(EXAMPLES), help="the example")
+    p.add_argument("--steps", type=nonnegative_int, default=20, help="training steps (0: none)")
+    p.add_argument("--batch", type=positive_int, default=4, help="batch of the parity checks")
+    p.add_argument("--image-size", type=positive_int, help="image height and width (default: own)")
+    p.add_argument("--optimizer", default="adam", help="sgd, adam or adamw (default adam)")
+    p.add_argument("--bench-batch", type=positive_int, default=32, help="batch of the timed steps")
+    p.add_argument("--rounds", type=positive_int, default=7, help="timed rounds (median)")
+    p.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
+    p.add_argument("--no-timing", action="store_true", help="skip the timing")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``funcmod show NAME``: exit 1 if a parity check fails, 2 on bad input."""
+    from funcmod.trajectory import OPTIMIZERS
+
+    if args.optimizer not in OPTIMIZERS:
+        print(
+            f"funcmod show: --optimizer must be one of {list(OPTIMIZERS)}, got {args.optimizer!r}",
+            file=sys.stderr,
+        )
+        return 2
     summary = show(
-        name,
+        args.name,
         steps=args.steps,
         batch=args.batch,
         image_size=args.image_size,

@@ -1,0 +1,86 @@
+"""``funcmod bench`` on the command line: the only place the bench meets argparse.
+
+``add_parser(subparsers)`` registers the subcommand; ``run(args)`` turns the parsed arguments
+into a ``BenchConfig`` and the output options, and everything below it sees only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from funcmod.articles.catalog import EXAMPLES
+from funcmod.tools.bench.config import BenchConfig, bench_defaults
+from funcmod.tools.bench.report import render_markdown, write_results
+from funcmod.tools.bench.run import run_bench
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``bench`` on the ``funcmod`` command line (what ``make bench`` runs)."""
+    d = bench_defaults()
+    p = subparsers.add_parser(
+        "bench", help="time a training step: jitted Flax vs torch eager and torch.compile"
+    )
+    trainable = [n for n, e in EXAMPLES.items() if e.trainable]
+    p.add_argument("examples", nargs="*", help=f"examples (default: all trainable: {trainable})")
+    p.add_argument("--batch-sizes", type=int, nargs="+", help=f"default {d['batch_sizes']}")
+    p.add_argument(
+        "--image-sizes",
+        type=int,
+        nargs="*",
+        help=f"image examples also run at these sizes, besides their own ({d['image_sizes']})",
+    )
+    p.add_argument("--optimizer", help=f"sgd, adam or adamw (default {d['optimizer']})")
+    p.add_argument("--rounds", type=int, help=f"timed rounds, median reported ({d['rounds']})")
+    p.add_argument("--min-time", type=float, help=f"seconds per measurement ({d['min_time']})")
+    p.add_argument("--torch-threads", type=int, nargs="+", help="default: torch's own and 1")
+    p.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    p.add_argument("--out", help="also write bench.json, bench.md and bench.png here")
+    p.set_defaults(run=run)
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    """The ``BenchConfig`` the arguments ask for; an option not given keeps its default."""
+    given = {
+        "examples": tuple(args.examples),
+        "batch_sizes": tuple(args.batch_sizes) if args.batch_sizes else None,
+        "image_sizes": tuple(args.image_sizes) if args.image_sizes is not None else None,
+        "optimizer": args.optimizer,
+        "rounds": args.rounds,
+        "min_time": args.min_time,
+        "torch_threads": tuple(args.torch_threads) if args.torch_threads else None,
+        "torch_compile": not args.no_torch_compile,
+    }
+    return BenchConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    """``funcmod bench``: build the config from the parsed arguments, run, print, write.
+
+    Prints markdown (or JSON with ``--json``) to stdout and one line per case to stderr; with
+    ``--out DIR`` also writes ``bench.json``, ``bench.md`` and ``bench.png`` there. Returns 0,
+    or 2 when torch is missing or a setting is invalid: speed targets are reported, not
+    enforced.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("funcmod bench needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
+        return 2
+    try:
+        config = _config(args)
+    except ValueError as e:
+        print(f"funcmod bench: {e}", file=sys.stderr)
+        return 2
+    as_json, outdir = bool(args.json), args.out
+    result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2) if as_json else render_markdown(result))
+    if outdir:
+        for path in write_results(result, outdir).values():
+            print(f"wrote {path}", file=sys.stderr)
+    return 0

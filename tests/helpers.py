@@ -1,0 +1,56 @@
+"""What several test modules share: the float64 switch and a small model with every kind of
+state a training step carries.
+
+Import as ``from tests.helpers import ...`` (pytest puts the project root on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from funcmod.precision import x64_for as x64
+
+__all__ = ["BatchNormNet", "net_batches", "x64"]
+
+
+class BatchNormNet(nn.Module):
+    """Dense -> BatchNorm -> ReLU -> Dropout -> Dense(2): parameters, ``batch_stats`` and a
+    dropout key, the state a train step and a checkpoint must carry.
+
+    ``first_bias=False`` leaves the first Dense without a bias: BatchNorm subtracts it again, so
+    its exact gradient is 0 and the computed one rounding noise, which Adam turns into steps of
+    about ``lr`` with random signs; two summation orders (1 device, 8 devices) then give
+    unrelated biases. Data-parallel tests use it without.
+    """
+
+    hidden: int = 8
+    dropout: float = 0.5
+    first_bias: bool = True
+    param_dtype: type = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = nn.Dense(self.hidden, use_bias=self.first_bias, param_dtype=self.param_dtype)(x)
+        # force_float32_reductions=False: running statistics in param_dtype (float64 runs)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            param_dtype=self.param_dtype,
+            force_float32_reductions=False,
+        )(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
+        return nn.Dense(2, param_dtype=self.param_dtype)(x)
+
+
+def net_batches(n: int, dtype, batch: int = 16, seed: int = 0, features: int = 10) -> list:
+    """``n`` batches ``(x (batch, features), y (batch, 2))`` of standard-normal values."""
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            rng.standard_normal((batch, features)).astype(dtype),
+            rng.standard_normal((batch, 2)).astype(dtype),
+        )
+        for _ in range(n)
+    ]
