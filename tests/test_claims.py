@@ -118,6 +118,42 @@ def test_bypassing_autograd_silently_gives_wrong_gradients_only_via_data():
     assert torch.allclose(x.grad, (2 * s) * (1 - 2 * s))
 
 
+def test_detach_shares_the_version_counter_so_an_inplace_edit_through_it_raises():
+    """``.detach()`` is not an escape: it shares the tensor's version counter, so autograd sees
+    an in-place edit made through it and refuses to backpropagate. ``.data`` and a write into a
+    ``.detach().numpy()`` view are not seen."""
+    x = torch.ones(3, requires_grad=True)
+    y = x.sigmoid()  # sigmoid saves its output for backward
+    y.detach().mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    x = torch.ones(3, requires_grad=True)
+    y = x.sigmoid()
+    y.detach().numpy()[:] *= 2  # numpy writes the memory behind the counter's back
+    y.sum().backward()
+    s = torch.sigmoid(torch.ones(3))
+    assert torch.allclose(x.grad, (2 * s) * (1 - 2 * s))  # silently wrong, like .data
+
+
+def test_a_numpy_round_trip_cuts_the_graph_and_upstream_weights_stop_learning():
+    """The common silent failure: a value taken through numpy and back is a new leaf, so the
+    layers before it get no gradient (``None``) and an optimizer never moves them."""
+    first, second = nn.Linear(2, 2), nn.Linear(2, 1)
+    h = first(torch.ones(1, 2))
+    h = torch.from_numpy(h.detach().numpy() * 2.0)  # "some numpy post-processing"
+    second(h).sum().backward()
+    assert first.weight.grad is None and first.bias.grad is None
+    assert second.weight.grad is not None
+
+
+def test_non_differentiable_operations_get_no_grad_fn():
+    x = torch.tensor([1.0, 3.0, 2.0], requires_grad=True)
+    assert (x + 1).grad_fn is not None
+    assert torch.argmax(x).grad_fn is None  # an integer index: nothing to differentiate
+    assert (x > 1).grad_fn is None  # a comparison gives booleans
+    assert x.long().grad_fn is None  # an integer cast cuts the graph
+
+
 # --- "Why do PyTorch Tensor methods to nn.Modules?" ---------------------------------------------
 
 
@@ -191,6 +227,17 @@ def test_tensor_has_no_module_methods():
     t = torch.zeros(2)
     assert not hasattr(t, "parameters") and not hasattr(t, "forward")
     assert not isinstance(t, nn.Module)
+
+
+def test_tensor_and_module_share_a_dozen_method_names():
+    """Separate jobs, but a shared vocabulary for moving and casting: ``to``, ``float``,
+    ``double``, ``half``, ``cuda``, ``cpu``, ... exist on both (a module applies them to every
+    parameter and buffer)."""
+    public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
+    shared = public(torch.Tensor) & public(nn.Module)
+    assert {"to", "float", "double", "half", "bfloat16", "cpu", "cuda", "type"} <= shared
+    assert 8 <= len(shared) <= 16, sorted(shared)
+    assert nn.Linear(2, 2).double().weight.dtype == torch.float64
 
 
 # --- "Why does a Pytorch Tensor methods to nn.Modules?" -----------------------------------------

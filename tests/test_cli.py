@@ -12,6 +12,7 @@ from funcmod.articles import EXAMPLES
 from funcmod.tools.cli import main
 
 
+@pytest.mark.slow
 def test_compare_json_covers_every_example_in_both_dtypes(capsys):
     assert main(["compare", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -34,6 +34,7 @@ def test_one_script_per_example_and_a_readme():
     assert not undocumented, f"comparisons/README.md does not mention {undocumented}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_comparison_script_runs(name, capsys, monkeypatch):
     path = COMPARISONS / script_name(name)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,15 +24,12 @@ from funcmod.convert import (  # noqa: E402
 from funcmod.layout import to_channels_last  # noqa: E402
 from funcmod.parity import check_parity  # noqa: E402
 from funcmod.tree import assert_trees_close, leaves_with_paths  # noqa: E402
+from tests.helpers import x64  # noqa: E402
 
 NAMES = list(EXAMPLES)
 IMAGE_SIZE = 6
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-def _x64(dtype_name):
-    return jax.enable_x64(True) if dtype_name == "float64" else contextlib.nullcontext()
 
 
 def _randomise(module, seed):
@@ -70,7 +65,7 @@ def _mlp(seed=0):
 def _round_trip(name, dtype_name):
     ex = EXAMPLES[name]
     torch_dtype = TORCH_DTYPES[dtype_name]
-    with _x64(dtype_name):
+    with x64(dtype_name):
         src = _randomise(ex.torch_module(torch_dtype), seed=1)
         variables = torch_to_flax(src)
         leaves = jax.tree_util.tree_leaves(variables)

@@ -48,6 +48,7 @@ def test_digits_rejects_unknown_model(tmp_path):
         train_and_evaluate(DigitsConfig(model="resnet"), tmp_path)
 
 
+@pytest.mark.slow
 def test_example_scripts_run(tmp_path):
     import subprocess
     import sys

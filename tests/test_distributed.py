@@ -244,6 +244,7 @@ print(json.dumps(facts))
 """
 
 
+@pytest.mark.slow
 def test_eight_devices_split_the_batch_and_replicate_the_state(tmp_path):
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(root)!r})\n{EIGHT_DEVICES}"]
@@ -262,6 +263,7 @@ def test_eight_devices_split_the_batch_and_replicate_the_state(tmp_path):
     assert facts["state_alive"], "a refused batch must not consume the donated state"
 
 
+@pytest.mark.slow
 def test_parity_one_vs_eight_devices(tmp_path):
     """Every trainable example, float32 and float64: 8 devices within the target of 1."""
     cmd = [*FUNCMOD, "distributed", "parity", "--json", "--steps", str(STEPS)]
@@ -313,6 +315,7 @@ def two_process_runs(tmp_path_factory) -> list[dict]:
     return [json.loads((logs / f"process{i}.json").read_text()) for i in range(2)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_device(two_process_runs):
     first, second = two_process_runs
     for i, out in enumerate(two_process_runs):
@@ -329,6 +332,7 @@ def test_two_processes_train_like_one_device(two_process_runs):
         assert diff["ok"], f"{run.example} {run.dtype}: two processes vs one device: {diff}"
 
 
+@pytest.mark.slow
 def test_ddp_matches_the_jax_data_parallel_run(two_process_runs):
     pytest.importorskip("torch")
     ddp = ddp_train(

@@ -550,6 +550,85 @@ def test_conv_same_padding_only_differs_when_strided():
     assert_trees_close(out, _np(conv(torch.from_numpy(x))), rtol=RTOL)
 
 
+def test_conv_same_padding_differs_on_even_sizes_only():
+    """Stride 2, 3x3: 'SAME' pads (0, 1) on an even size (differs from padding=1) and (1, 1) on
+    an odd one (agrees)."""
+    errors = {}
+    for n in (8, 7):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        x = np.random.default_rng(0).standard_normal((2, 3, n, n)).astype(np.float32)
+        variables = {
+            "params": {"kernel": _np(conv.weight).transpose(2, 3, 1, 0), "bias": _np(conv.bias)}
+        }
+        same = nn.Conv(4, (3, 3), strides=(2, 2), padding="SAME").apply(variables, _nhwc(x))
+        errors[n] = max_rel(_nchw(same), _np(conv(torch.from_numpy(x))))
+    assert errors[8] > 1.0, errors
+    assert errors[7] <= RTOL, errors
+
+
+def test_batchnorm2d_unbiased_correction_counts_every_pixel():
+    """BatchNorm2d's stored variance is unbiased over N*H*W values per channel, not over N."""
+    x = (3.0 * np.random.default_rng(0).standard_normal((2, 5, 4, 4))).astype(np.float32)
+    bn = torch.nn.BatchNorm2d(5)
+    bn.train()
+    bn(torch.from_numpy(x))
+    biased = x.var(axis=(0, 2, 3))  # what a channels-last BatchNorm normalises with
+
+    def stored(n):  # the running variance after one step from 1, momentum 0.1
+        return 0.9 + 0.1 * biased * n / (n - 1)
+
+    assert max_rel(stored(2), _np(bn.running_var)) > 0.3  # the batch size: wrong
+    assert max_rel(stored(2 * 4 * 4), _np(bn.running_var)) <= RTOL  # N*H*W: right
+
+
+def test_cpu_matmul_is_not_bit_for_bit_but_within_rounding():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 128)).astype(np.float32)
+    expected = _np(torch.from_numpy(a) @ torch.from_numpy(b))
+    got = np.asarray(jnp.matmul(a, b))
+    assert (got != expected).sum() > expected.size // 2  # another summation order
+    assert 0 < max_rel(got, expected) <= RTOL
+
+
+def test_clipping_gap_needs_a_small_max_norm():
+    """torch divides by ``norm + 1e-6``: a relative gap of 1e-6 / norm, but only while clipping
+    is active (norm above ``max_norm``). It passes the float32 target only for a gradient norm
+    below about 0.1 that is still clipped, which needs a ``max_norm`` below that."""
+    direction = np.random.default_rng(0).standard_normal(32).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+
+    def gap(norm, max_norm):
+        g = (norm * direction).astype(np.float32)
+        t = torch.nn.Parameter(torch.zeros(32))
+        t.grad = torch.from_numpy(g.copy())
+        torch.nn.utils.clip_grad_norm_([t], max_norm)
+        tx = optax.clip_by_global_norm(max_norm)
+        return max_rel(tx.update(jnp.asarray(g), tx.init(jnp.asarray(g)))[0], _np(t.grad))
+
+    assert gap(0.05, max_norm=0.01) > RTOL  # small norm, clipped: the gap shows
+    assert gap(0.05, max_norm=1.0) == 0.0  # the same small norm, not clipped: no gap
+    assert gap(5.0, max_norm=0.01) < RTOL  # clipped, but the norm is large: negligible
+
+
+def test_adam_bias_correction_error_fades_by_ten_thousand_steps():
+    """float32 ``1 - 0.999**t`` (optax) against the exact value (torch, Python floats)."""
+
+    def rel_error(t):
+        approx = float(1 - jnp.float32(0.999) ** jnp.int32(t))
+        exact = 1 - 0.999**t
+        return abs(approx - exact) / exact
+
+    assert all(5e-6 < rel_error(t) < 3e-5 for t in (1, 20, 200, 1000))
+    assert rel_error(10_000) < 1e-8
+    # On the table's 20-step problem the parameters are 4.2e-6 apart after 20 steps, less after
+    # 200: the gap does not simply accumulate.
+    expected = {n: run_torch(lambda ps: torch.optim.Adam(ps, lr=0.05), steps=n) for n in (20, 200)}
+    gaps = {n: max_rel(run_optax(optax.adam(0.05), steps=n), expected[n]) for n in expected}
+    assert gaps[20] > 1e-6 and gaps[200] < gaps[20], gaps
+
+
 def test_batchnorm_eps_check_is_sensitive():
     """The BatchNorm-eps row agrees because both use 1e-5; at this input scale, 1e-6 would not."""
     x = (0.01 * np.random.default_rng(0).standard_normal((16, 5))).astype(np.float32)

@@ -14,9 +14,6 @@ Print the figures quoted in the document::
 
 from __future__ import annotations
 
-import contextlib
-
-import jax
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -25,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 from funcmod.articles import models, torch_models  # noqa: E402
 from funcmod.trajectory import TrajectoryReport, run_trajectory  # noqa: E402
+from tests.helpers import x64  # noqa: E402
 
 # When the first kink event comes is down to rounding: with this conv implementation the ReLU
 # run first passes 1e-4 at step 145 with seed 0, 42 with seed 1 and 153 with seed 2.
@@ -66,13 +64,13 @@ def run(
         )
         for _ in range(steps)
     ]
-    x64 = jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext()
-    with x64:
+    with x64(dtype):
         return run_trajectory(
             twin, port, "adam", batches, input_layouts=["NCHW"], output_layout="NCHW"
         )
 
 
+@pytest.mark.slow
 def test_float32_relu_run_drifts_past_the_training_target():
     report = run("relu")
     assert report.max_rel > 1e-4, str(report)
@@ -82,11 +80,13 @@ def test_float32_relu_run_drifts_past_the_training_target():
     assert report.loss.max_rel < 1e-5
 
 
+@pytest.mark.slow
 def test_float32_tanh_run_stays_at_the_parity_target():
     report = run("tanh")
     assert report.max_rel <= 1e-5, str(report)
 
 
+@pytest.mark.slow
 def test_float64_relu_run_stays_at_the_float64_target():
     report = run("relu", dtype=np.float64)
     assert report.ok and report.max_rel <= 1e-12, str(report)
