@@ -629,6 +629,105 @@ def test_adam_bias_correction_error_fades_by_ten_thousand_steps():
     assert gaps[20] > 1e-6 and gaps[200] < gaps[20], gaps
 
 
+def _large_mean_batch() -> np.ndarray:
+    return (1000.0 + np.random.default_rng(0).standard_normal((16, 8))).astype(np.float32)
+
+
+def test_fast_variance_batchnorm():
+    x = _large_mean_batch()
+    bn = torch.nn.BatchNorm1d(8)
+    bn.train()
+    expected = _np(bn(torch.from_numpy(x)))
+
+    def flax_bn(fast):
+        out, _ = nn.BatchNorm(
+            use_running_average=False, use_fast_variance=fast, epsilon=1e-5
+        ).apply(_bn_vars(8), x, mutable=["batch_stats"])
+        return out
+
+    assert max_rel(flax_bn(True), expected) > 0.05  # Flax's default: E[x^2] - E[x]^2
+    assert max_rel(flax_bn(False), expected) < 2e-4  # two passes: float32 rounding of x
+
+
+def test_fast_variance_layernorm():
+    x = _large_mean_batch()
+    expected = _np(torch.nn.LayerNorm(8)(torch.from_numpy(x)))
+    ln_vars = {"params": {"scale": jnp.ones(8), "bias": jnp.zeros(8)}}
+    fast = nn.LayerNorm(epsilon=1e-5).apply(ln_vars, x)
+    two_pass = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False).apply(ln_vars, x)
+    assert max_rel(fast, expected) > 0.05
+    assert max_rel(two_pass, expected) < 2e-4
+
+
+def test_loss_conventions():
+    rng = np.random.default_rng(0)
+    p, y = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 3))
+    y = y.astype(np.float32)
+    mse = float(torch.nn.MSELoss()(torch.from_numpy(p), torch.from_numpy(y)))
+    assert optax.l2_loss(p, y).shape == (4, 3)
+    assert abs(float(optax.l2_loss(p, y).mean()) - mse / 2) < 1e-6 * mse
+    logits = rng.standard_normal((4, 5)).astype(np.float32)
+    labels = np.array([0, -100, 3, -100])
+    torch_ce = float(
+        torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    )
+    kept = labels != -100
+    optax_ce = optax.softmax_cross_entropy_with_integer_labels(logits[kept], labels[kept])
+    assert abs(float(optax_ce.mean()) - torch_ce) < 1e-6 * abs(torch_ce)
+
+
+def test_resize_antialias():
+    img = np.random.default_rng(0).standard_normal((1, 2, 8, 8)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(img), size=(4, 4), mode="bilinear", align_corners=False
+    ).numpy()
+
+    def resize(antialias):
+        out = jax.image.resize(_nhwc(img), (1, 4, 4, 2), "bilinear", antialias=antialias)
+        return _nchw(out)
+
+    assert max_rel(resize(True), expected) > 0.1
+    assert max_rel(resize(False), expected) <= RTOL
+
+
+def test_embedding_edge_cases():
+    table = nn.Embed(5, 3).init(jax.random.key(0), jnp.array([0]))
+    lookup = lambda ids: nn.Embed(5, 3).apply(table, jnp.array(ids))  # noqa: E731
+    assert np.isnan(lookup([7])).all()
+    np.testing.assert_array_equal(lookup([-1])[0], table["params"]["embedding"][4])
+    for bad in ([7], [-1]):
+        with pytest.raises(IndexError, match="index out of range"):
+            torch.nn.Embedding(5, 3)(torch.tensor(bad))
+    assert torch.nn.Embedding(5, 3, padding_idx=1).weight[1].abs().sum().item() == 0.0
+
+
+def test_max_pool_ceil_mode():
+    x = np.random.default_rng(0).standard_normal((1, 1, 5, 5)).astype(np.float32)
+    expected = _np(torch.nn.functional.max_pool2d(torch.from_numpy(x), 2, ceil_mode=True))
+    floor = nn.max_pool(_nhwc(x), (2, 2), strides=(2, 2))
+    assert _nchw(floor).shape == (1, 1, 2, 2) and expected.shape == (1, 1, 3, 3)
+    ceil = nn.max_pool(_nhwc(x), (2, 2), strides=(2, 2), padding=((0, 1), (0, 1)))
+    assert max_rel(_nchw(ceil), expected) == 0.0
+
+
+def test_batchnorm_momentum_none():
+    """momentum=None: the running mean is the plain average of the batch means so far."""
+    rng = np.random.default_rng(0)
+    bn = torch.nn.BatchNorm1d(4, momentum=None)
+    bn.train()
+    batches = [rng.standard_normal((8, 4)).astype(np.float32) + i for i in range(3)]
+    mean = np.zeros(4)
+    for t, x in enumerate(batches, start=1):
+        bn(torch.from_numpy(x))
+        mean = mean + (x.mean(0) - mean) / t  # cumulative, not exponential
+    assert int(bn.num_batches_tracked) == 3
+    assert max_rel(_np(bn.running_mean), mean) <= RTOL
+    exponential = np.zeros(4)
+    for x in batches:
+        exponential = 0.9 * exponential + 0.1 * x.mean(0)
+    assert max_rel(exponential, _np(bn.running_mean)) > 0.5
+
+
 def test_batchnorm_eps_check_is_sensitive():
     """The BatchNorm-eps row agrees because both use 1e-5; at this input scale, 1e-6 would not."""
     x = (0.01 * np.random.default_rng(0).standard_normal((16, 5))).astype(np.float32)
