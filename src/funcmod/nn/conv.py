@@ -26,7 +26,7 @@ error (a few ulps of the output's scale; the parity tests hold it to 1e-5 in flo
 in float64).
 
 Pass it to Flax as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``;
-``funcmod.articles.models.torch_like_conv2d`` does.
+``funcmod.nn.layers.torch_like_conv2d`` does.
 """
 
 from __future__ import annotations
