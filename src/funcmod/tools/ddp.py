@@ -30,9 +30,12 @@ __all__ = ["ddp_train", "free_port"]
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    """A TCP port that is free now on every interface (the OS picks it), for a coordinator that
+    will listen on it: servers such as JAX's coordinator bind all interfaces, not only
+    127.0.0.1. Another process can still take it before the server binds; use it only where a
+    retry is cheap (the DDP runs here meet through a file instead)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return int(s.getsockname()[1])
 
 
@@ -46,23 +49,30 @@ class _DdpJob:
 
 
 def _ddp_worker(
-    rank: int, world_size: int, port: int, jobs: list[_DdpJob], out_dir: str, timeout_s: float
+    rank: int, world_size: int, store: str, jobs: list[_DdpJob], out_dir: str, timeout_s: float
 ) -> None:
-    """One DDP rank: trains every job on its contiguous block of rows of each global batch."""
+    """One DDP rank: trains every job on its contiguous block of rows of each global batch.
+
+    The ranks meet through ``store``, a file in ``out_dir`` (no TCP port to pick and lose to
+    another process between choosing it and binding it).
+    """
     import datetime
 
     import torch
+    import torch._dynamo  # before init_process_group: see the finally below
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"file://{store}",
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+    model = opt = None
+    trained = False
     try:
         for i, job in enumerate(jobs):
             twin = EXAMPLES[job.example].torch_module(job.dtype)
@@ -91,7 +101,20 @@ def _ddp_worker(
                 **params,
                 **first_grads,
             )
+        trained = True
     finally:
+        # Tear the gloo group down here, with every rank done, not at interpreter exit, where
+        # gloo's worker threads would be destroyed in no fixed order while the peer may be gone
+        # (the process then aborts: "terminate called without an active exception"). The last
+        # DDP wrapper's reducer holds the group, so it goes first; the barrier keeps a rank from
+        # closing its connections while a peer still finishes its last all-reduce (only after
+        # success: a failed rank must not wait for a peer that is not coming). torch._dynamo,
+        # which DDP imports, keeps references to the group that exists when it is first
+        # imported, hence its import above: otherwise the group and its threads would outlive
+        # destroy_process_group().
+        model = opt = None
+        if trained:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -151,7 +174,7 @@ def ddp_train(
     with tempfile.TemporaryDirectory(prefix="funcmod-ddp-") as out_dir:
         ctx = mp.start_processes(
             _ddp_worker,
-            args=(world_size, free_port(), jobs, out_dir, timeout_s),
+            args=(world_size, os.path.join(out_dir, "store"), jobs, out_dir, timeout_s),
             nprocs=world_size,
             join=False,
             start_method="spawn",
