@@ -97,7 +97,11 @@ def test_restoring_another_models_shapes_names_the_key_and_both_shapes(tmp_path)
     message = str(info.value)
     assert "params/Dense_0/kernel: checkpoint" in message
     assert "shape (3, 6) float32" in message and "shape (3, 4) float32" in message
-    assert "opt_state/mu/Dense_0/kernel" in message  # the optimizer state is checked too
+    # The optimizer state is checked too (its inner names belong to funcmod.optim).
+    assert any(
+        line.strip().startswith("opt_state/") and "Dense_0/kernel:" in line
+        for line in message.splitlines()
+    )
 
 
 def test_restoring_another_models_keys_names_them(tmp_path):

@@ -108,3 +108,118 @@ def test_argument_errors():
         check_trajectory("MLP", steps=2, dtype=np.float16)
     with pytest.raises(ValueError, match="at least one batch"):
         trajectory.run_trajectory(None, None, "sgd", [])
+
+
+def _labelled_run(name, loss, dtype, *, steps=30, ignore=None, image_size=6):
+    """A run of example ``name`` against integer class labels (classes: the output's dim 1)."""
+    from funcmod.articles.catalog import get_example
+    from funcmod.precision import x64_for
+
+    ex = get_example(name)
+    torch.manual_seed(0)
+    twin = ex.torch_module(dtype)
+    rng = np.random.default_rng(0)
+    inputs = [ex.make_inputs(rng, 4, dtype, image_size) for _ in range(steps)]
+    with torch.no_grad():
+        out_shape = tuple(twin(*(torch.from_numpy(a) for a in inputs[0])).shape)
+    label_shape = (out_shape[0], *out_shape[2:])
+    batches = []
+    for xs in inputs:
+        labels = rng.integers(0, out_shape[1], size=label_shape).astype(np.int32)
+        if ignore is not None:
+            labels[0] = ignore
+        batches.append((xs, labels))
+    with x64_for(dtype):
+        return trajectory.run_trajectory(
+            twin,
+            ex.flax_module(param_dtype=dtype),
+            "adam",
+            batches,
+            input_layouts=ex.input_layouts,
+            output_layout=ex.output_layout,
+            loss=loss,
+        )
+
+
+_SLOW = pytest.mark.slow
+CE_CASES = [
+    pytest.param("MLP", "cross_entropy", None, np.float32, id="mlp-float32", marks=_SLOW),
+    pytest.param("MLP", "cross_entropy", None, np.float64, id="mlp-float64"),
+    *(
+        pytest.param(
+            "MLP",
+            trajectory.cross_entropy(ignore_index=1, label_smoothing=0.1),
+            1,
+            dtype,
+            id=f"mlp_ignore_smoothing-{np.dtype(dtype).name}",
+        )
+        for dtype in DTYPES
+    ),
+    pytest.param(
+        "SimpleCNN",
+        trajectory.cross_entropy(label_smoothing=0.2),
+        None,
+        np.float32,
+        id="cnn_smoothing-float32",
+    ),
+    pytest.param(
+        "SimpleCNN",
+        trajectory.cross_entropy(label_smoothing=0.2),
+        None,
+        np.float64,
+        id="cnn_smoothing-float64",
+        marks=_SLOW,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "loss", "ignore", "dtype"), CE_CASES)
+def test_cross_entropy_runs_stay_in_step(name, loss, ignore, dtype):
+    """Integer labels; the CNN's classes are torch's dim 1 and the port's last axis."""
+    report = _labelled_run(name, loss, dtype, ignore=ignore)
+    assert report.ok, str(report)
+    assert report.loss.max_rel <= report.rtol and report.moved > 1e-3
+
+
+def test_a_loss_pair_and_label_smoothing_count():
+    """A (torch, JAX) pair is used as given; a JAX loss that differs from torch's is caught."""
+    torch_ce, jax_ce = trajectory.cross_entropy()
+    smoothed = trajectory.cross_entropy(label_smoothing=0.3)[1]
+    report = _labelled_run("MLP", (torch_ce, smoothed), np.float64, steps=5)
+    assert not report.ok and report.loss.max_rel > 1e-3
+    assert _labelled_run("MLP", (torch_ce, jax_ce), np.float64, steps=5).ok
+
+
+def test_loss_argument_errors():
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        _labelled_run("MLP", "hinge", np.float32, steps=1)
+    with pytest.raises(ValueError, match="pair of callables"):
+        _labelled_run("MLP", (1, 2), np.float32, steps=1)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        trajectory.cross_entropy(label_smoothing=1.5)
+
+
+def _radam(module):
+    return torch.optim.RAdam(module.parameters(), lr=1e-2, weight_decay=1e-2)
+
+
+def _rmsprop_centered(module):
+    return torch.optim.RMSprop(module.parameters(), lr=1e-3, momentum=0.5, centered=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "dtype"),
+    [
+        pytest.param(_radam, np.float64, id="radam-float64"),
+        pytest.param(_rmsprop_centered, np.float32, id="rmsprop-float32"),
+        pytest.param(_radam, np.float32, id="radam-float32", marks=pytest.mark.slow),
+        pytest.param(_rmsprop_centered, np.float64, id="rmsprop-float64", marks=pytest.mark.slow),
+    ],
+)
+def test_cnn_with_the_other_optimizers(make, dtype):
+    """A small CNN through the whole train step, 50 steps, at the optimizer-grid tolerance."""
+    rtol = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}[np.dtype(dtype)]
+    report = check_trajectory(
+        "SimpleCNN", optimizer=make, steps=50, dtype=dtype, image_size=6, rtol=rtol
+    )
+    assert report.ok, str(report)

@@ -6,7 +6,8 @@ The package is in three wings; arrows point one way, tools -> articles -> librar
 * the library (what a user's own port imports):
   ``tree`` (the per-leaf comparison), ``layout`` (NCHW <-> NHWC, input checks), ``precision``
   (dtypes, the tolerance table, float64 on demand), ``nn`` (torch-faithful Flax building
-  blocks), ``convert`` (weights both ways), ``parity`` (outputs and gradients), ``trajectory``
+  blocks), ``convert`` (weights both ways; its walk ``convert_walk`` and several-tensor
+  rules ``convert_groups``), ``parity`` (outputs and gradients), ``trajectory``
   (whole training runs), ``train`` (jitted optax steps), ``sharding`` (data parallelism),
   ``optim`` (torch.optim -> optax), ``checkpoint`` (atomic TrainState files);
 * ``funcmod.articles``: the four seed articles' examples, ported and twinned;

@@ -75,8 +75,19 @@ def save_checkpoint(path: str | os.PathLike[str], state: Any) -> None:
 def _describe(leaf: Any) -> str:
     if leaf is None:
         return "None"
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):  # metadata only: never the values
+        return f"shape {tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
     a = np.asarray(leaf)
     return f"shape {a.shape} {a.dtype.name}"
+
+
+def _structure(template: State) -> State:
+    """``template`` with every array leaf replaced by its ``jax.ShapeDtypeStruct``: the arrays'
+    buffers are never read, so a template whose arrays a donating train step has consumed (and
+    deleted) serves as well as a live one."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "dtype") else x, template
+    )
 
 
 def _flat(state_dict: Any) -> dict[str, Any]:
@@ -112,7 +123,8 @@ def restore_checkpoint(path: str | os.PathLike[str], template: State) -> State:
     Args:
       path: a file written by ``save_checkpoint``.
       template: a state built like the saved one (same model, optimizer and collections); its
-        values are not used, only its structure, shapes and dtypes, and its ``apply_fn``/``tx``.
+        values are not read, only its structure, shapes and dtypes, and its ``apply_fn``/``tx``
+        (so a state already consumed by a donating train step is a valid template).
 
     Returns:
       a state like ``template`` holding the saved arrays, bit for bit.
@@ -128,6 +140,7 @@ def restore_checkpoint(path: str | os.PathLike[str], template: State) -> State:
         raw = serialization.msgpack_restore(data)
     except Exception as e:
         raise CheckpointError(f"{path} is not a msgpack checkpoint: {e}") from e
+    template = _structure(template)
     check_state_dict(raw, serialization.to_state_dict(template), source=f"checkpoint {path}")
     arrays = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, raw)
     changed = [

@@ -19,10 +19,12 @@ for each tensor the layer owns, its Flax name, its collection and the layout cha
 Tensors registered directly on a module that has no rule (``nn.Parameter`` attributes,
 ``register_parameter``) are copied as they are, under their own name; persistent buffers go to
 the ``buffers`` collection. Children keep their attribute names, except that an
-``nn.Sequential``'s numbered children ``0, 1, ...`` become ``layers_0, layers_1, ...`` and an
-``nn.ModuleList``/``nn.ModuleDict`` attribute ``blocks`` flattens to ``blocks_0, blocks_1, ...``,
-the names Flax gives to the elements of a list or dict attribute. Register rules for your own
-layer types with ``register_rule``.
+``nn.Sequential``'s children become ``layers_0, layers_1, ...`` by position and an
+``nn.ModuleList``/``nn.ModuleDict`` attribute ``blocks`` flattens to ``blocks_0``/``blocks_<key>``
+(nested: ``blocks_0_1``), the names Flax gives to the elements of a list or dict attribute
+(``funcmod.convert_walk``). Several-tensor rules (recurrent layers, MultiheadAttention,
+weight_norm) are ``GroupRule``s (``funcmod.convert_groups``); tied tensors convert once
+(``tied_parameters``). Register rules for your own layer types with ``register_rule``.
 
 Both directions are strict by default, like ``load_state_dict``: every missing key, unexpected key
 and shape or dtype that does not fit is collected and raised as one ``ConversionError``, and
@@ -32,119 +34,51 @@ transposes; it never casts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import torch
 from flax import traverse_util
 from torch import nn
 
+from funcmod.convert_groups import (
+    ConversionError,
+    GroupRule,
+    LayerRule,
+    LeafRule,
+    _path_str,
+    mha_groups,
+    rnn_groups,
+    strip_prefix,
+    unwrap,
+)
+from funcmod.convert_walk import (
+    _describe,
+    _Entry,
+    _numpy_to_tensor,
+    _refuse_unmaterialised,
+    _tensor_to_numpy,
+    _to_jax,
+    _torch_dtype_to_numpy,
+)
+from funcmod.convert_walk import _walk_all as _walk_with
+
 __all__ = [
     "RULES",
     "ConversionError",
+    "GroupRule",
     "LayerRule",
     "LeafRule",
     "LoadResult",
     "check_against_template",
     "flax_to_torch",
     "register_rule",
+    "tied_parameters",
     "torch_grads_to_flax",
     "torch_to_flax",
 ]
-
-Path = tuple[str, ...]
-
-
-def _path_str(path: Path) -> str:
-    return "/".join(path)
-
-
-class ConversionError(ValueError):
-    """Weights that do not fit: lists every missing key, unexpected key and mismatched leaf.
-
-    Attributes:
-      missing: keys the target expects that the source does not have.
-      unexpected: keys the source has that the target does not expect.
-      mismatched: ``(key, expected, got)`` triples, where expected and got describe the shape
-        and dtype on each side.
-    """
-
-    def __init__(
-        self,
-        context: str,
-        *,
-        missing: list[str] | tuple[str, ...] = (),
-        unexpected: list[str] | tuple[str, ...] = (),
-        mismatched: list[tuple[str, str, str]] | tuple[tuple[str, str, str], ...] = (),
-    ):
-        self.missing = list(missing)
-        self.unexpected = list(unexpected)
-        self.mismatched = list(mismatched)
-        lines = [context]
-        if self.missing:
-            lines.append(f"  missing keys ({len(self.missing)}):")
-            lines += [f"    {k}" for k in self.missing]
-        if self.unexpected:
-            lines.append(f"  unexpected keys ({len(self.unexpected)}):")
-            lines += [f"    {k}" for k in self.unexpected]
-        if self.mismatched:
-            lines.append(f"  mismatched leaves ({len(self.mismatched)}):")
-            lines += [f"    {k}: expected {e}, got {g}" for k, e, g in self.mismatched]
-        super().__init__("\n".join(lines))
-
-
-# --- layout transforms --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LeafRule:
-    """How one tensor of a torch layer maps to one Flax leaf.
-
-    Attributes:
-      torch_name: the tensor's attribute name on the torch layer (``'weight'``).
-      flax_name: the leaf's name in the Flax module (``'kernel'``).
-      collection: the Flax variable collection (``'params'``, ``'batch_stats'``).
-      perm: axes permutation applied to the torch array to get the Flax array, or None.
-        The inverse permutation is applied on the way back.
-    """
-
-    torch_name: str
-    flax_name: str
-    collection: str = "params"
-    perm: Callable[[int], tuple[int, ...]] | tuple[int, ...] | None = None
-
-    def _perm_for(self, ndim: int) -> tuple[int, ...] | None:
-        perm = self.perm(ndim) if callable(self.perm) else self.perm
-        if perm is not None and len(perm) != ndim:
-            raise ValueError(
-                f"rule for {self.torch_name!r}: permutation {perm} does not fit a {ndim}-d array"
-            )
-        return perm
-
-    def to_flax(self, array: np.ndarray) -> np.ndarray:
-        perm = self._perm_for(array.ndim)
-        return array if perm is None else np.transpose(array, perm)
-
-    def to_torch(self, array: np.ndarray) -> np.ndarray:
-        perm = self._perm_for(array.ndim)
-        return array if perm is None else np.transpose(array, np.argsort(perm))
-
-    def flax_shape(self, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
-        perm = self._perm_for(len(torch_shape))
-        return torch_shape if perm is None else tuple(torch_shape[i] for i in perm)
-
-
-@dataclass(frozen=True)
-class LayerRule:
-    """The rule for one torch layer type: its leaves, and tensors deliberately not converted."""
-
-    leaves: tuple[LeafRule, ...]
-    ignored: frozenset[str] = field(default_factory=frozenset)
 
 
 def _channels_last_kernel(ndim: int) -> tuple[int, ...]:
@@ -168,6 +102,16 @@ _BATCHNORM = LayerRule(
     ),
     ignored=frozenset({"num_batches_tracked"}),
 )
+# ConvTranspose's weight (in, out/groups, *k) takes the forward convolution's permutation, to
+# kernel (*k, out/groups, in): a pure transpose, so the round trip is bitwise. The layer
+# (funcmod.nn.ConvTransposeNd) flips the kernel and swaps its channel axes when it runs; the
+# permutation (2, 3, 0, 1) has the same shape for in == out/groups and is wrong without that flip.
+_CONV_TRANSPOSE = LayerRule(
+    (LeafRule("weight", "kernel", perm=_channels_last_kernel), LeafRule("bias", "bias"))
+)
+# Bilinear's weight (out, in1, in2) -> kernel (in1, in2, out), inputs first as in a Dense kernel.
+_BILINEAR = LayerRule((LeafRule("weight", "kernel", perm=(1, 2, 0)), LeafRule("bias", "bias")))
+_PRELU = LayerRule((LeafRule("weight", "negative_slope"),))
 
 RULES: dict[type[nn.Module], LayerRule] = {
     nn.Linear: _LINEAR,
@@ -179,147 +123,72 @@ RULES: dict[type[nn.Module], LayerRule] = {
     nn.BatchNorm3d: _BATCHNORM,
     nn.LayerNorm: _NORM,
     nn.GroupNorm: _NORM,
+    nn.RMSNorm: _NORM,
+    nn.InstanceNorm1d: _BATCHNORM,
+    nn.InstanceNorm2d: _BATCHNORM,
+    nn.InstanceNorm3d: _BATCHNORM,
+    nn.ConvTranspose1d: _CONV_TRANSPOSE,
+    nn.ConvTranspose2d: _CONV_TRANSPOSE,
+    nn.ConvTranspose3d: _CONV_TRANSPOSE,
+    nn.Bilinear: _BILINEAR,
+    nn.PReLU: _PRELU,
     nn.Embedding: LayerRule((LeafRule("weight", "embedding"),)),
 }
 
 
+# Rules whose tensors depend on the instance (layer count, packing) are functions of the module.
+RULES.update(
+    {
+        nn.RNNBase: lambda m: LayerRule((), groups=rnn_groups(m)),
+        nn.MultiheadAttention: lambda m: LayerRule((), groups=mha_groups(m)),
+    }
+)
+
+
 def register_rule(
-    torch_type: type[nn.Module], *leaves: LeafRule, ignored: tuple[str, ...] = ()
+    torch_type: type[nn.Module], *leaves: LeafRule | GroupRule, ignored: tuple[str, ...] = ()
 ) -> None:
     """Teach the converter a torch layer type, for example your own layer::
 
         register_rule(MyDense, LeafRule("w", "kernel", perm=(1, 0)), LeafRule("b", "bias"))
 
-    Tensors of the layer that no leaf names (and that are not in ``ignored``) are still copied
-    as they are, so a rule only needs the leaves that are renamed or transposed.
+    A ``GroupRule`` maps several tensors to several leaves (``funcmod.convert_groups``). Tensors
+    of the layer that no rule names (and that are not in ``ignored``) are still copied as they
+    are, so a rule only needs the tensors that are renamed, transposed, split or joined.
     """
     if not (isinstance(torch_type, type) and issubclass(torch_type, nn.Module)):
         raise TypeError(f"register_rule expects an nn.Module subclass, got {torch_type!r}")
-    RULES[torch_type] = LayerRule(tuple(leaves), frozenset(ignored))
+    singles = tuple(r for r in leaves if isinstance(r, LeafRule))
+    groups = tuple(r for r in leaves if isinstance(r, GroupRule))
+    if len(singles) + len(groups) != len(leaves):
+        raise TypeError(f"register_rule expects LeafRule or GroupRule objects, got {leaves!r}")
+    RULES[torch_type] = LayerRule(singles, frozenset(ignored), groups)
 
 
 def _rule_for(module: nn.Module) -> LayerRule | None:
     for cls in type(module).__mro__:  # the most specific registered type wins
         if cls in RULES:
-            return RULES[cls]
+            rule = RULES[cls]
+            return rule if isinstance(rule, LayerRule) else rule(module)
     return None
 
 
-# --- walking the torch module tree --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Entry:
-    flax_path: Path  # (collection, *module path, leaf name)
-    torch_key: str  # the state_dict key
-    tensor: torch.Tensor
-    rule: LeafRule
+def _walk_all(module: nn.Module) -> tuple[list[_Entry], dict[str, Any]]:
+    return _walk_with(module, _rule_for)
 
 
 def _entries(module: nn.Module) -> list[_Entry]:
-    """Every tensor of ``module`` that has a Flax counterpart, with its Flax path."""
-    entries: list[_Entry] = []
-    _walk(module, (), "", entries)
-    seen: dict[Path, str] = {}
-    for e in entries:
-        if e.flax_path in seen:
-            raise ConversionError(
-                f"two torch tensors map to the same Flax key {_path_str(e.flax_path)}: "
-                f"{seen[e.flax_path]!r} and {e.torch_key!r}; rename one of them"
-            )
-        seen[e.flax_path] = e.torch_key
-    for path, key in seen.items():  # a leaf where another tensor needs a subtree
-        for n in range(2, len(path)):
-            if path[:n] in seen:
-                raise ConversionError(
-                    f"Flax key {_path_str(path[:n])} (torch {seen[path[:n]]!r}) is a leaf, but "
-                    f"{_path_str(path)} (torch {key!r}) needs it to be a subtree; rename one"
-                )
-    return entries
+    """Every tensor of ``module`` that has a Flax counterpart, with its Flax paths (once)."""
+    return _walk_all(module)[0]
 
 
-def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
-    for name, p in module._parameters.items():
-        if p is not None:
-            yield name, p, "params"
-    for name, b in module._buffers.items():
-        if b is not None and name not in module._non_persistent_buffers_set:
-            yield name, b, "buffers"
+def tied_parameters(module: nn.Module) -> dict[str, str]:
+    """Tied tensors: each later state_dict key -> the key whose Flax leaf holds the tensor.
 
-
-def _walk(module: nn.Module, flax_prefix: Path, torch_prefix: str, out: list[_Entry]) -> None:
-    rule = _rule_for(module)
-    own = {name: (t, coll) for name, t, coll in _own_tensors(module)}
-    if rule is not None:
-        for leaf in rule.leaves:
-            if leaf.torch_name in own:
-                t, _ = own.pop(leaf.torch_name)
-                out.append(
-                    _Entry(
-                        (leaf.collection, *flax_prefix, leaf.flax_name),
-                        torch_prefix + leaf.torch_name,
-                        t,
-                        leaf,
-                    )
-                )
-        for name in rule.ignored:
-            own.pop(name, None)
-    for name, (t, coll) in own.items():  # registered directly: copied as they are
-        out.append(_Entry((coll, *flax_prefix, name), torch_prefix + name, t, LeafRule(name, name)))
-    for name, child in module._modules.items():
-        if child is None:
-            continue
-        # Sequential's children '0', '1', ... are Flax's layers_0, layers_1, ...
-        flax_name = f"layers_{name}" if isinstance(module, nn.Sequential) else name
-        if isinstance(child, nn.ModuleList | nn.ModuleDict):
-            # A list/dict attribute `blocks` in Flax's setup names its elements blocks_0, ...
-            for key, grandchild in child._modules.items():
-                if grandchild is not None:
-                    _walk(
-                        grandchild,
-                        (*flax_prefix, f"{flax_name}_{key}"),
-                        f"{torch_prefix}{name}.{key}.",
-                        out,
-                    )
-        else:
-            _walk(child, (*flax_prefix, flax_name), f"{torch_prefix}{name}.", out)
-
-
-# --- array conversion ---------------------------------------------------------------------------
-
-
-def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
-def _numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
-    a = np.array(a, order="C", copy=True)  # writable and contiguous (jax's buffers are read-only)
-    if a.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
-def _to_jax(a: np.ndarray, key: str) -> jax.Array:
-    if a.dtype.itemsize == 8 and not jax.config.jax_enable_x64:
-        raise ConversionError(
-            f"{key} is {a.dtype}, but JAX is running without 64-bit types and would silently "
-            f"cast it to 32 bits; convert inside `with jax.enable_x64(True):` or set "
-            f"jax.config.update('jax_enable_x64', True)"
-        )
-    return jnp.asarray(a)
-
-
-def _describe(shape: tuple[int, ...], dtype: Any) -> str:
-    return f"shape {tuple(shape)} {np.dtype(dtype).name}"
-
-
-def _torch_dtype_to_numpy(dtype: torch.dtype) -> np.dtype:
-    if dtype == torch.bfloat16:
-        return np.dtype(ml_dtypes.bfloat16)
-    return torch.empty((), dtype=dtype).numpy().dtype
+    ``torch_to_flax`` gives a tied tensor one leaf, under the first name in module order;
+    ``flax_to_torch`` writes it once (a tree that also carries an alias must agree with it).
+    """
+    return {k: first for k, (_, first) in _walk_all(unwrap(module))[1].items()}
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -334,10 +203,14 @@ def torch_to_flax(
     """Flax variables holding the weights of a torch module.
 
     Args:
-      module: the torch module; its layer types and attribute names decide the Flax names.
+      module: the torch module; its layer types and attribute names decide the Flax names. A
+        ``torch.compile``, DistributedDataParallel or DataParallel wrapper converts as the
+        module it wraps.
       state_dict: take the tensors from this state dict instead of the module (for example a
         checkpoint you have not loaded into the module). Checked strictly against the module's
-        own keys and shapes.
+        own keys and shapes. Values may be torch tensors or numpy arrays. Keys that all start
+        with ``'module.'`` (DDP) or ``'_orig_mod.'`` (torch.compile), where the module's own
+        keys do not, are converted with that prefix stripped, with a warning that says so.
       template: optional Flax variables or their shapes, e.g.
         ``jax.eval_shape(model.init, key, x)``; the result is checked against it leaf by leaf.
 
@@ -347,19 +220,32 @@ def torch_to_flax(
 
     Raises:
       ConversionError: a state dict or template that does not fit, listing every offending key
-        with both shapes; a float64 tensor while ``jax_enable_x64`` is off.
+        with both shapes; a float64 tensor while ``jax_enable_x64`` is off; tensors with no
+        values (uninitialised lazy modules; meta-device tensors unless ``state_dict`` is given).
     """
+    module = unwrap(module)
     entries = _entries(module)
+    _refuse_unmaterialised(module, entries, meta_ok=state_dict is not None)
     if state_dict is not None:
+        state_dict = {
+            k: v if isinstance(v, torch.Tensor) else _numpy_to_tensor(np.asarray(v))
+            for k, v in state_dict.items()
+        }
+        prefix = strip_prefix(list(state_dict))
+        if prefix and not any(k.startswith(prefix) for e in entries for k in e.torch_keys):
+            warnings.warn(
+                f"state_dict keys start with {prefix!r} (a wrapper's); converted with it stripped",
+                stacklevel=2,
+            )
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
         tensors = _check_state_dict(module, entries, state_dict)
     else:
-        tensors = {e.torch_key: e.tensor for e in entries}
-    flat = {
-        e.flax_path: _to_jax(
-            e.rule.to_flax(_tensor_to_numpy(tensors[e.torch_key])), _path_str(e.flax_path)
-        )
-        for e in entries
-    }
+        tensors = {k: t for e in entries for k, t in zip(e.torch_keys, e.tensors, strict=True)}
+    flat = {}
+    for e in entries:
+        arrays = e.to_flax([_tensor_to_numpy(tensors[k]) for k in e.torch_keys])
+        for path, a in zip(e.flax_paths, arrays, strict=True):
+            flat[path] = _to_jax(a, _path_str(path))
     variables = traverse_util.unflatten_dict(flat)
     if template is not None:
         check_against_template(variables, template)
@@ -373,21 +259,23 @@ def torch_grads_to_flax(module: nn.Module) -> dict[str, Any]:
     gives zeros, which is what ``jax.grad`` returns for a parameter that does not affect the loss.
     """
     flat = {}
-    for e in _entries(module):
-        if e.flax_path[0] != "params":
+    for e in _entries(unwrap(module)):
+        if e.flax_paths[0][0] != "params":
             continue
-        g = e.tensor.grad
-        g = torch.zeros_like(e.tensor) if g is None else g
+        grads = [torch.zeros_like(t) if t.grad is None else t.grad for t in e.tensors]
         # A copy: the numpy view would change under a later in-place op on .grad.
-        flat[e.flax_path] = np.array(e.rule.to_flax(_tensor_to_numpy(g)))
+        for path, a in zip(
+            e.flax_paths, e.to_flax([_tensor_to_numpy(g) for g in grads]), strict=True
+        ):
+            flat[path] = np.array(a)
     return traverse_util.unflatten_dict(flat)
 
 
 def _check_state_dict(
     module: nn.Module, entries: list[_Entry], state_dict: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    ignored = set(module.state_dict().keys()) - {e.torch_key for e in entries}
-    expected = {e.torch_key: e.tensor for e in entries}
+    expected = {k: t for e in entries for k, t in zip(e.torch_keys, e.tensors, strict=True)}
+    ignored = set(module.state_dict().keys()) - set(expected)  # incl. tied aliases
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected and k not in ignored]
     mismatched = [
@@ -457,32 +345,53 @@ def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bo
       ``LoadResult(missing_keys, unexpected_keys)``, in Flax paths ('params/linear1/kernel').
 
     Raises:
-      ConversionError: listing every offending key with both shapes and dtypes. The module is
-        left exactly as it was.
+      ConversionError: listing every offending key with both shapes and dtypes; a tied tensor
+        carried under two names with different values (naming both); meta-device or
+        uninitialised lazy tensors in ``module`` (materialise them first, e.g.
+        ``module.to_empty(device='cpu')``). The module is left exactly as it was.
     """
-    entries = _entries(module)
+    module = unwrap(module)
+    entries, aliases = _walk_all(module)
+    _refuse_unmaterialised(module, entries, meta_ok=False)
     flat = traverse_util.flatten_dict(dict(variables))
-    expected = {e.flax_path: e for e in entries}
-    missing = [_path_str(k) for k in expected if k not in flat]
-    unexpected = [_path_str(k) for k in flat if k not in expected]
+    alias_paths = {a.flax_paths[0]: (k, a, first) for k, (a, first) in aliases.items()}
+    expected = {p for e in entries for p in e.flax_paths}
+    missing = [_path_str(k) for e in entries for k in e.flax_paths if k not in flat]
+    unexpected = [_path_str(k) for k in flat if k not in expected and k not in alias_paths]
     updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+    by_key: dict[str, np.ndarray] = {}
     mismatched = []
-    for path, e in expected.items():
-        if path not in flat:
+    for e in [*entries, *(a for _, a, _ in alias_paths.values())]:
+        if any(p not in flat for p in e.flax_paths):
             continue
-        array = np.asarray(flat[path])
-        want_dtype = _torch_dtype_to_numpy(e.tensor.dtype)
-        want_shape = e.rule.flax_shape(tuple(e.tensor.shape))
-        if array.shape != want_shape or array.dtype != want_dtype:
-            mismatched.append(
-                (
-                    f"{_path_str(path)} (torch {e.torch_key!r})",
-                    _describe(want_shape, want_dtype),
-                    _describe(array.shape, array.dtype),
-                )
+        arrays = [np.asarray(flat[p]) for p in e.flax_paths]
+        want_dtype = _torch_dtype_to_numpy(e.tensors[0].dtype)
+        bad = [
+            (
+                f"{_path_str(p)} (torch {', '.join(map(repr, e.torch_keys))})",
+                _describe(w, want_dtype),
+                _describe(a.shape, a.dtype),
             )
+            for p, a, w in zip(e.flax_paths, arrays, e.flax_shapes(), strict=True)
+            if a.shape != w or a.dtype != want_dtype
+        ]
+        mismatched += bad
+        if bad:
             continue
-        updates.append((e.tensor, _numpy_to_tensor(e.rule.to_torch(array))))
+        for key, t, a in zip(e.torch_keys, e.tensors, e.to_torch(arrays), strict=True):
+            if key in aliases:  # a tied alias: must agree with the leaf that holds the tensor
+                first = aliases[key][1]
+                if first in by_key and not np.array_equal(by_key[first], a):
+                    mismatched.append(
+                        (
+                            f"tied {key!r} ({_path_str(e.flax_paths[0])})",
+                            f"the value of {first!r}",
+                            "a different value",
+                        )
+                    )
+                continue
+            by_key[key] = a
+            updates.append((t, _numpy_to_tensor(a)))
     if mismatched or (strict and (missing or unexpected)):
         raise ConversionError(
             f"variables do not fit {type(module).__name__}",

@@ -15,6 +15,7 @@ __all__ = [
     "check_broadcastable",
     "check_channels_last",
     "check_last_dim",
+    "check_real_floating",
     "inputs_to_channels_last",
     "to_channels_first",
     "to_channels_last",
@@ -67,6 +68,19 @@ def inputs_to_channels_last(
 
 _CHANNELS_LAST = {1: "NLC", 2: "NHWC", 3: "NDHWC"}
 _CHANNELS_FIRST = {1: "NCL", 2: "NCHW", 3: "NCDHW"}
+
+
+def check_real_floating(module: str, x, arg: str = "x") -> None:
+    """Raise ValueError unless ``x`` has a real floating dtype (bfloat16, float16, float32,
+    float64). The ports with Linear or Conv layers call it: their PyTorch twins raise on complex
+    and integer inputs (a dtype mismatch with the float weights), where JAX would promote the
+    input and compute a complex or float result without a word."""
+    dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{module}: expected {arg} of a real floating dtype (float32, float64, ...), "
+            f"got {dtype.name}"
+        )
 
 
 def check_last_dim(module: str, x, expected: int, arg: str = "x") -> None:

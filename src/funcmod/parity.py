@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from flax import linen as nn
 
-from funcmod.convert import torch_grads_to_flax
+from funcmod.convert import ConversionError, torch_grads_to_flax, torch_to_flax
 from funcmod.layout import inputs_to_channels_last, to_channels_first
 from funcmod.precision import DTYPES, RTOL
 from funcmod.tree import LeafDiff, compare_trees, leaves_with_paths
@@ -44,6 +44,14 @@ class ParityReport:
     atol: float
     forward: list[LeafDiff] = field(default_factory=list)
     grads: list[LeafDiff] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A report without a forward or a gradient leaf has compared nothing: it must not pass.
+        if not self.forward or not self.grads:
+            raise ValueError(
+                f"a parity report needs at least one forward and one gradient leaf; got "
+                f"{len(self.forward)} forward and {len(self.grads)} gradient leaves"
+            )
 
     @property
     def ok(self) -> bool:
@@ -112,6 +120,49 @@ def _check_variables_dtype(variables: Any, dtype: np.dtype) -> None:
         raise ValueError(f"inputs are {dtype} but these variables are not: {wrong}")
 
 
+def _check_tree_fits(tree: Any, template: Any, what: str) -> None:
+    """Raise ``ConversionError`` unless ``tree`` has exactly the leaf paths and shapes of the
+    port's ``template`` (dtypes are checked against the inputs separately)."""
+    got = {p: np.shape(leaf) for p, leaf in leaves_with_paths(tree).items()}
+    want = {p: tuple(leaf.shape) for p, leaf in leaves_with_paths(template).items()}
+    missing = [p for p in want if p not in got]
+    unexpected = [p for p in got if p not in want]
+    mismatched = [
+        (p, f"shape {want[p]}", f"shape {got[p]}") for p in want if p in got and got[p] != want[p]
+    ]
+    if missing or unexpected or mismatched:
+        raise ConversionError(
+            f"{what} do not fit the port's variables (jax.eval_shape of its init on the "
+            f"inputs): missing keys are the port's, absent from {what}; unexpected keys are in "
+            f"{what} but not in the port",
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+
+
+def _port_shapes(flax_module: Any, variables: Any, flax_inputs: Sequence[Any]) -> tuple[Any, Any]:
+    """The port's output shape and variable tree, abstractly (``jax.eval_shape``: no FLOPs).
+
+    A Linen module gives both from its own ``init`` on the inputs. An object that only has
+    Linen's ``apply`` (``funcmod.nn.interop.LinenView`` over an NNX port) has no ``init``: its
+    ``apply`` checks ``variables`` against the model's own parameters, strictly, so
+    ``variables`` stands for its tree.
+    """
+    if isinstance(flax_module, nn.Module):
+        rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+        return jax.eval_shape(lambda *xs: flax_module.init_with_output(rngs, *xs), *flax_inputs)
+    out = jax.eval_shape(lambda *xs: flax_module.apply(variables, *xs), *flax_inputs)
+    return out, variables
+
+
+def _shape_channels_first(shape: tuple[int, ...], layout: str | None) -> tuple[int, ...]:
+    """The shape ``to_channels_first(a, layout)`` gives: ``(N, *S, C) -> (N, C, *S)``."""
+    if layout is None or len(shape) < 2:
+        return tuple(shape)
+    return (shape[0], shape[-1], *shape[1:-1])
+
+
 def check_parity(
     torch_module: torch.nn.Module,
     flax_module: nn.Module,
@@ -132,6 +183,8 @@ def check_parity(
       torch_module: the PyTorch module, in the dtype of ``inputs``. Its ``.grad`` fields are
         cleared afterwards; its weights are not touched.
       flax_module, variables: the port and its variables (typically ``torch_to_flax(module)``).
+        The port is a Linen module, or an object with Linen's ``apply(variables, *xs)`` whose
+        ``apply`` checks ``variables`` itself (``funcmod.nn.interop.LinenView``).
       inputs: numpy arrays in PyTorch's layout, all float32 or all float64.
       input_layouts: per input, ``'NCHW'`` (or ``'NCL'``, ``'NCDHW'``) for an image, else None.
       output_layout: the output's layout, as for the inputs.
@@ -143,6 +196,14 @@ def check_parity(
 
     Returns:
       A ``ParityReport`` with the max absolute and relative error of every leaf.
+
+    Raises:
+      ValueError: inputs that are not all float32 or all float64 (or float64 with 64-bit JAX
+        off); variables of another dtype; outputs of different shapes (both named), checked
+        after the twin's forward and before any gradient.
+      funcmod.convert.ConversionError: the twin's converted variables, or ``variables``, do not
+        have exactly the keys and shapes of the port's own (``jax.eval_shape`` of
+        ``flax_module.init`` on the inputs in the port's layout); every key is named.
     """
     inputs = [np.asarray(a) for a in inputs]
     dtype = _float_dtype(inputs)
@@ -158,11 +219,25 @@ def check_parity(
             f"got {len(inputs)} inputs but {len(layouts)} layouts and {len(names)} names"
         )
     rtol = RTOL["parity"][dtype] if rtol is None else rtol
+    flax_inputs = [jnp.asarray(a) for a in inputs_to_channels_last(inputs, layouts)]
 
-    # PyTorch: forward, then backward of sum(out * cotangent).
+    # Before any gradient: the port's output shape and variable tree (abstractly, from its init),
+    # which the twin's output, the twin's parameters and ``variables`` must all fit.
+    flax_out_shape, template = _port_shapes(flax_module, variables, flax_inputs)
     torch_inputs = [torch.from_numpy(a.copy()).requires_grad_(True) for a in inputs]
     torch_module.zero_grad(set_to_none=True)
     torch_out = torch_module(*torch_inputs)
+    port_shape = _shape_channels_first(flax_out_shape.shape, output_layout)
+    if tuple(torch_out.shape) != port_shape:
+        raise ValueError(
+            f"outputs differ in shape: the twin gives {tuple(torch_out.shape)}, the port "
+            f"{port_shape} (in the twin's layout; {tuple(flax_out_shape.shape)} as the port "
+            "returns it)"
+        )
+    _check_tree_fits(torch_to_flax(torch_module), template, "the twin's converted variables")
+    _check_tree_fits(variables, template, "variables")
+
+    # PyTorch: backward of sum(out * cotangent).
     cotangent = np.random.default_rng(seed).standard_normal(tuple(torch_out.shape)).astype(dtype)
     (torch_out * torch.from_numpy(cotangent)).sum().backward()
     torch_grads = {
@@ -175,7 +250,6 @@ def check_parity(
     # Flax: the same loss, differentiated with respect to the params and every input.
     params = variables.get("params", {})
     others = {k: v for k, v in variables.items() if k != "params"}
-    flax_inputs = [jnp.asarray(a) for a in inputs_to_channels_last(inputs, layouts)]
 
     def loss(params, xs):
         out = flax_module.apply({**others, "params": params}, *xs)

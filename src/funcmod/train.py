@@ -54,11 +54,13 @@ from jax.sharding import PartitionSpec as P
 
 from funcmod.layout import to_channels_first
 from funcmod.sharding import DATA_AXIS, batch_sharding, check_axis, shard_batch
+from funcmod.tree import leaves_with_paths
 
 __all__ = [
     "Batch",
     "NonFiniteLossError",
     "TrainState",
+    "check_batch_dtypes",
     "create_train_state",
     "first_nonfinite_step",
     "make_eval_step",
@@ -175,13 +177,24 @@ def mse_in_torch_layout(output_layout: str | None) -> LossFn:
     return loss_fn
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, ignore_index: int = -100
+) -> jax.Array:
     """Mean softmax cross-entropy with integer labels, ``torch.nn.functional.cross_entropy``'s
-    default.
+    default, ``ignore_index`` included.
+
+    A label equal to ``ignore_index`` (default -100, PyTorch's) adds nothing to the loss and is
+    left out of the mean's count; when every label is ignored the mean is 0/0, NaN, as in
+    PyTorch. Any other label must be in [0, classes). Concrete labels (numpy or JAX arrays
+    outside ``jit``) are checked here and an out-of-range one raises, where PyTorch raises
+    IndexError. Under ``jit`` the values cannot be checked: an out-of-range label makes the loss
+    NaN (``raise_if_nonfinite`` reports its step) rather than what optax's
+    ``softmax_cross_entropy_with_integer_labels`` does with it (-1 reads the last class).
 
     Args:
       logits: (..., classes) floats.
-      labels: (...) integers (int32) in [0, classes).
+      labels: (...) integers (int32) in [0, classes) or equal to ``ignore_index``.
+      ignore_index: the label value that marks an element to leave out.
 
     Returns:
       a () array.
@@ -190,7 +203,59 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         raise ValueError(f"labels must be integers (int32), got {labels.dtype}")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels {labels.shape} must be logits {logits.shape} without the last")
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    classes = logits.shape[-1]
+    try:
+        values = np.asarray(labels)
+    except jax.errors.TracerArrayConversionError:  # traced: checked through NaN below
+        values = None
+    if values is not None:
+        bad = values[(values != ignore_index) & ((values < 0) | (values >= classes))]
+        if bad.size:
+            raise ValueError(
+                f"labels must be in [0, {classes}) or equal ignore_index={ignore_index}; got "
+                f"{sorted(set(bad.tolist()))[:10]}"
+            )
+    ignored = labels == ignore_index
+    in_range = (labels >= 0) & (labels < classes) & ~ignored
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(in_range, labels, 0))
+    losses = jnp.where(in_range | ignored, losses, jnp.nan)  # out of range (traced): NaN
+    kept = ~ignored
+    return jnp.sum(jnp.where(kept, losses, 0.0)) / jnp.sum(kept).astype(losses.dtype)
+
+
+_WIDE = (np.dtype(np.float64), np.dtype(np.complex128))
+
+
+def check_batch_dtypes(batch: Any) -> None:
+    """Raise ValueError if ``batch`` holds float64 (or complex128) arrays while 64-bit JAX is
+    off: ``jax.jit`` would turn them into float32 without a word, and the run would train in
+    another precision than the data's."""
+    if jax.config.jax_enable_x64:
+        return
+    wide = {
+        f"batch/{path}" if path else "batch": np.dtype(leaf.dtype).name
+        for path, leaf in leaves_with_paths(batch).items()
+        if getattr(leaf, "dtype", None) is not None and np.dtype(leaf.dtype) in _WIDE
+    }
+    if wide:
+        raise ValueError(
+            f"64-bit batch leaves {wide} with 64-bit JAX off: they would be trained in 32 bits; "
+            "run inside `with jax.enable_x64(True):` (or cast the batch to float32)"
+        )
+
+
+def _refusing_wide_batches(jitted: Callable[..., Any]) -> Callable[..., Any]:
+    """``jitted(state, batch)`` after ``check_batch_dtypes(batch)``; the jitted function's
+    ``lower`` and ``_cache_size`` stay reachable, and it is the ``jitted`` attribute."""
+
+    def step(state: TrainState, batch: Batch) -> Any:
+        check_batch_dtypes(batch)
+        return jitted(state, batch)
+
+    step.jitted = jitted  # type: ignore[attr-defined]
+    step.lower = jitted.lower  # type: ignore[attr-defined]
+    step._cache_size = jitted._cache_size  # type: ignore[attr-defined]
+    return step
 
 
 def _jit_step(
@@ -204,7 +269,7 @@ def _jit_step(
     """``fn`` jitted; with a mesh, the state and outputs replicated and the batch split."""
     donate_argnums = (0,) if donate else ()
     if mesh is None:
-        return jax.jit(fn, donate_argnums=donate_argnums)
+        return _refusing_wide_batches(jax.jit(fn, donate_argnums=donate_argnums))
     check_axis(mesh, axis)
     replicated = NamedSharding(mesh, P())
     jitted = jax.jit(
@@ -215,6 +280,7 @@ def _jit_step(
     )
 
     def sharded(state: TrainState, batch: Batch) -> Any:
+        check_batch_dtypes(batch)
         return jitted(state, shard_batch(batch, mesh, axis=axis, batch_axis=batch_axis))
 
     sharded.jitted = jitted  # type: ignore[attr-defined]  (for _cache_size(), lower(), ...)
@@ -274,6 +340,9 @@ def make_train_step(
     multi-process run pass this process's rows), the state and the metrics are replicated (pass
     ``replicate(state, mesh)``). A batch that does not divide evenly over the devices raises
     ValueError. The jitted function is the returned step's ``jitted`` attribute.
+
+    A float64 batch while 64-bit JAX is off raises ValueError (``check_batch_dtypes``) instead
+    of training in float32; so do ``make_train_epoch``'s and ``make_eval_step``'s functions.
     """
     fn = make_train_step_fn(loss_fn, apply_kwargs=apply_kwargs)
     return _jit_step(fn, donate=donate, mesh=mesh, axis=axis, batch_axis=0)
@@ -323,7 +392,7 @@ def make_eval_step(
         outputs = state.apply_fn(state.variables(), *_as_args(inputs), **kwargs)
         return {"loss": loss_fn(outputs, targets), "outputs": outputs}
 
-    return jax.jit(step)
+    return _refusing_wide_batches(jax.jit(step))
 
 
 def stack_batches(batches: Sequence[Batch]) -> Batch:

@@ -7,9 +7,11 @@ batches, with the same loss.
 curves, and returns a ``TrajectoryReport``. ``funcmod.articles.checks.check_trajectory`` runs it
 on a seed example.
 
-The loss is the mean squared error against fixed random targets of the output's shape, in
-PyTorch's layout (an image output of the port is moved from NHWC to NCHW before the loss). The
-Flax side runs one jitted step (``funcmod.train.make_train_step``), compiled once.
+The loss is by default the mean squared error against targets of the output's shape, in
+PyTorch's layout (an image output of the port is moved from NHWC to NCHW before the loss);
+``loss='cross_entropy'`` (or ``cross_entropy(ignore_index=..., label_smoothing=...)``) takes
+integer class labels, and any ``(torch loss, JAX loss)`` pair works. The Flax side runs one
+jitted step (``funcmod.train.make_train_step``), compiled once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import linen as nn
@@ -31,8 +34,10 @@ from funcmod.train import create_train_state, make_train_step, mse_in_torch_layo
 from funcmod.tree import LeafDiff, compare_trees
 
 __all__ = [
+    "LOSSES",
     "OPTIMIZERS",
     "TrajectoryReport",
+    "cross_entropy",
     "run_trajectory",
 ]
 
@@ -44,6 +49,75 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
     "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01),
 }
+
+
+# (torch loss(output, targets), JAX loss(port output, targets)) -> () scalar each. The JAX loss
+# gets the port's output in the port's layout (NHWC for an image).
+LossPair = tuple[Callable[[Any, Any], Any], Callable[[jax.Array, jax.Array], jax.Array]]
+
+
+def cross_entropy(ignore_index: int = -100, label_smoothing: float = 0.0) -> LossPair:
+    """``torch.nn.functional.cross_entropy`` (mean) and its JAX twin, for integer labels.
+
+    Classes are dim 1 in torch (``(N, C)`` or ``(N, C, H, W)`` against ``(N,)`` or
+    ``(N, H, W)`` labels) and the last axis of the port's output (NHWC). A label equal to
+    ``ignore_index`` counts neither in the loss nor in the mean's count. With label smoothing
+    ``e`` the target is ``(1 - e) onehot + e / C``: torch's mean is
+    ``(1 - e) * mean(-log p_y) + (e / C) * mean(-sum_c log p_c)`` over the kept labels.
+    """
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+
+    def torch_loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(
+            out, labels.long(), ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
+
+    def jax_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"cross_entropy needs integer labels, got {labels.dtype}")
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"labels {labels.shape} must be the output {logits.shape} without its classes"
+            )
+        classes = logits.shape[-1]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        kept = labels != ignore_index
+        safe = jnp.where(kept, labels, 0)
+        nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        count = jnp.sum(kept).astype(logits.dtype)
+        loss = jnp.sum(jnp.where(kept, nll, 0.0)) / count
+        if label_smoothing == 0.0:
+            return loss
+        smooth = jnp.sum(jnp.where(kept, -jnp.sum(logp, axis=-1), 0.0)) / count
+        return (1 - label_smoothing) * loss + (label_smoothing / classes) * smooth
+
+    return torch_loss, jax_loss
+
+
+LOSSES: dict[str, Callable[[], LossPair]] = {"cross_entropy": cross_entropy}
+
+
+def _loss_pair(loss: str | LossPair, output_layout: str | None) -> tuple[str, LossPair]:
+    if isinstance(loss, str):
+        if loss == "mse":
+            return loss, (torch.nn.functional.mse_loss, mse_in_torch_layout(output_layout))
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected 'mse', {sorted(LOSSES)} or a pair")
+        return loss, LOSSES[loss]()
+    if not (isinstance(loss, tuple) and len(loss) == 2 and all(map(callable, loss))):
+        raise ValueError(
+            f"loss must be a name or a (torch loss, JAX loss) pair of callables, got {loss!r}"
+        )
+    return getattr(loss[1], "__name__", "custom"), loss
+
+
+def _float_dtype(batch: tuple[Sequence[np.ndarray], np.ndarray]) -> np.dtype:
+    """The run's dtype: the first float array among the inputs, then the targets."""
+    for a in [*batch[0], batch[1]]:
+        if np.issubdtype(np.asarray(a).dtype, np.floating):
+            return np.dtype(np.asarray(a).dtype)
+    raise ValueError("the batches hold no float array (inputs or targets) to take the dtype from")
 
 
 @dataclass(frozen=True)
@@ -130,6 +204,7 @@ def run_trajectory(
     max_grad_norm: float | None = None,
     rtol: float | None = None,
     name: str | None = None,
+    loss: str | LossPair = "mse",
 ) -> TrajectoryReport:
     """Train ``torch_module`` and ``flax_module`` side by side, one step per batch.
 
@@ -139,17 +214,21 @@ def run_trajectory(
       optimizer: ``'sgd'``, ``'adam'``, ``'adamw'`` (``OPTIMIZERS``) or a function building a
         torch optimizer from the module (translated with ``from_torch(opt, module)``).
       batches: ``(inputs, targets)`` per step, numpy arrays in PyTorch's layout: ``inputs`` a
-        sequence of the forward's arguments, ``targets`` the output's shape. All float32 or all
-        float64; float64 needs ``jax_enable_x64`` (``funcmod.precision.x64_for``).
+        sequence of the forward's arguments, ``targets`` what the loss takes (the output's shape
+        for MSE, integer labels for cross-entropy). Floats all float32 or all float64; float64
+        needs ``jax_enable_x64`` (``funcmod.precision.x64_for``).
       input_layouts: per input, ``'NCHW'`` for an image the port takes NHWC, else None.
       output_layout: ``'NCHW'`` when the output is an image.
       max_grad_norm: clip both runs' gradients (``clip_grad_norm_`` / ``clip_grad_norm``).
       rtol: the allowed max relative error; default ``funcmod.precision.RTOL["trajectory"]``.
       name: the report's title (default: the Flax module's class name).
+      loss: ``'mse'`` (default), ``'cross_entropy'`` (``cross_entropy()``: torch's defaults),
+        or a ``(torch loss, JAX loss)`` pair, e.g. ``cross_entropy(label_smoothing=0.1)``.
     """
     if not batches:
         raise ValueError("run_trajectory needs at least one batch")
-    dtype = np.dtype(batches[0][1].dtype)
+    _, (torch_loss, jax_loss) = _loss_pair(loss, output_layout)
+    dtype = _float_dtype(batches[0])
     if dtype not in DTYPES.values():
         raise ValueError(f"batches must be float32 or float64, got {dtype}")
     layouts = list(input_layouts) if input_layouts is not None else [None] * len(batches[0][0])
@@ -162,7 +241,7 @@ def run_trajectory(
     initial = jax.tree.map(np.array, _params(torch_module))
     state = create_train_state(flax_module, torch_to_flax(torch_module), tx)
     # Jitted once; compiled on the first batch.
-    train_step = make_train_step(mse_in_torch_layout(output_layout))
+    train_step = make_train_step(jax_loss)
     per_step: list[float] = []
     torch_losses: list[float] = []
     flax_losses: list[float] = []
@@ -171,12 +250,12 @@ def run_trajectory(
         # torch: one step of the usual loop.
         torch_opt.zero_grad(set_to_none=True)
         out = torch_module(*(torch.from_numpy(np.array(a)) for a in inputs))
-        loss = torch.nn.functional.mse_loss(out, torch.from_numpy(np.array(targets)))
-        loss.backward()
+        value = torch_loss(out, torch.from_numpy(np.array(targets)))
+        value.backward()
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(torch_module.parameters(), max_grad_norm)
         torch_opt.step()
-        torch_losses.append(float(loss.detach()))
+        torch_losses.append(float(value.detach()))
         # Flax: the same step, jitted.
         flax_inputs = inputs_to_channels_last(inputs, layouts)
         state, metrics = train_step(state, (flax_inputs, targets))

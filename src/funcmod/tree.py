@@ -75,8 +75,8 @@ def _leaf_diff(path: str, actual: Any, expected: Any, rtol: float, atol: float) 
     b = np.asarray(expected, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"{path}: shapes differ: actual {a.shape}, expected {b.shape}")
-    if a.size == 0:
-        return LeafDiff(path, a.shape, 0.0, 0.0, True)
+    if a.size == 0:  # an empty leaf would pass while comparing nothing
+        raise ValueError(f"{path}: leaf of shape {a.shape} has no elements to compare")
     same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaN pairs agree
     with np.errstate(invalid="ignore"):
         diff = np.where(same, 0.0, np.abs(a - b))
@@ -99,10 +99,13 @@ def compare_trees(actual: Any, expected: Any, *, rtol: float, atol: float = 0.0)
     most ``atol``. NaN in one tree where the other has a number counts as an infinite error.
 
     Raises:
-      ValueError: the trees have different leaf paths (naming them) or a leaf's shapes differ.
+      ValueError: the trees have different leaf paths (naming them), a leaf's shapes differ, a
+        leaf has no elements, or neither tree has a leaf: comparing nothing would pass vacuously.
     """
     a = leaves_with_paths(actual)
     b = leaves_with_paths(expected)
+    if not a and not b:
+        raise ValueError("both trees have no leaves: there is nothing to compare")
     if a.keys() != b.keys():
         only_a = sorted(a.keys() - b.keys())
         only_b = sorted(b.keys() - a.keys())

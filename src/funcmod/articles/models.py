@@ -9,7 +9,10 @@ pytree::
     variables = model.init(jax.random.key(0), x)   # {'params': {'linear1': {...}, ...}}
     y = model.apply(variables, x)
 
-Images are channels-last (NHWC), Flax's convention; the PyTorch twins take NCHW.
+Images are channels-last (NHWC), Flax's convention; the PyTorch twins take NCHW. The ports with
+Linear or Conv layers take real floating inputs only and raise ValueError naming any other dtype
+(complex, integer), as their twins raise; the elementwise ones (``SimpleAdder``, ``RiskyModule``,
+``MultiplyByTwo``) compute in the input's dtype, as their twins do.
 Layers are initialised from PyTorch's default distributions (``funcmod.nn.init``), so a freshly
 initialised port trains like the original. ``param_dtype`` sets the parameters' dtype (use
 ``jnp.float64`` with ``jax_enable_x64`` for float64 runs).
@@ -26,7 +29,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from funcmod.layout import check_broadcastable, check_channels_last, check_last_dim
+from funcmod.layout import (
+    check_broadcastable,
+    check_channels_last,
+    check_last_dim,
+    check_real_floating,
+)
 from funcmod.nn.layers import torch_like_conv2d, torch_like_dense
 
 __all__ = [
@@ -73,6 +81,7 @@ class CustomLinear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("CustomLinear", x)
         check_last_dim("CustomLinear", x, self.in_features)
         weight = self.param(
             "weight",
@@ -115,6 +124,7 @@ class MLP(nn.Module):
         self.linear2 = torch_like_dense(self.hidden_size, self.output_size, self.param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("MLP", x)
         check_last_dim("MLP", x, self.input_size)
         x = self.linear1(x)
         x = self.relu(x)
@@ -138,6 +148,7 @@ class SimpleCNN(nn.Module):
         self.relu = nn.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SimpleCNN", x)
         check_channels_last("SimpleCNN", x, self.in_channels)
         return self.relu(self.conv(x))
 
@@ -176,6 +187,7 @@ class SimpleConvNet(nn.Module):
         self.relu1 = nn.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SimpleConvNet", x)
         check_channels_last("SimpleConvNet", x, self.in_channels)
         return self.relu1(self.conv1(x))
 
@@ -197,6 +209,7 @@ class SimpleLinear(nn.Module):
         self.linear = torch_like_dense(self.input_dim, self.output_dim, self.param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SimpleLinear", x)
         check_last_dim("SimpleLinear", x, self.input_dim)
         return self.linear(x)
 
@@ -229,6 +242,7 @@ class CustomModule(nn.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("CustomModule", x)
         check_last_dim("CustomModule", x, self.input_dim)
         x = nn.relu(self.linear1(x))
         x = jnp.matmul(x, self.weight_custom)  # (..., hidden) @ (hidden, hidden)
@@ -258,6 +272,7 @@ class SequentialModel(nn.Module):
         ]
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SequentialModel", x)
         check_last_dim("SequentialModel", x, self.input_size)
         for layer in self.layers:
             x = layer(x)
@@ -272,7 +287,7 @@ class DigitsCNN(nn.Module):
     is flattened, so ``head``'s kernel is the transpose of the twin's ``head.weight``: flattening
     NHWC directly would order the features differently and the weights would not carry over.
 
-    Input ``x``: (N, H, W, in_channels), NHWC. Returns (N, classes).
+    Input ``x``: (N, image_size, image_size, in_channels), NHWC, N >= 0. Returns (N, classes).
     """
 
     in_channels: int = 1
@@ -287,7 +302,16 @@ class DigitsCNN(nn.Module):
         self.head = torch_like_dense(features, self.classes, self.param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("DigitsCNN", x)
+        check_channels_last("DigitsCNN", x, self.in_channels)
+        size = self.image_size
+        if tuple(x.shape[1:3]) != (size, size):  # ``head`` is sized for image_size x image_size
+            raise ValueError(
+                f"DigitsCNN: expected {size}x{size} images, x of shape (N, {size}, {size}, "
+                f"{self.in_channels}), got shape {tuple(x.shape)}; build it with "
+                "image_size=... for other sizes"
+            )
         h = self.cnn(x)  # (N, H, W, C)
         h = jnp.transpose(h, (0, 3, 1, 2))  # NHWC -> NCHW, PyTorch's flatten order
-        h = h.reshape(h.shape[0], -1)  # (N, C, H, W) -> (N, C*H*W)
-        return self.head(h)
+        # (N, C, H, W) -> (N, C*H*W); the size is explicit, as -1 cannot be inferred for N = 0
+        return self.head(h.reshape(h.shape[0], self.channels * size * size))

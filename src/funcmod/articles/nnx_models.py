@@ -32,7 +32,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from funcmod.articles.catalog import get_example
-from funcmod.layout import check_broadcastable, check_channels_last, check_last_dim
+from funcmod.layout import (
+    check_broadcastable,
+    check_channels_last,
+    check_last_dim,
+    check_real_floating,
+)
 from funcmod.nn.nnx_layers import torch_like_conv2d, torch_like_linear
 
 __all__ = [
@@ -86,6 +91,7 @@ class CustomLinear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("CustomLinear", x)
         check_last_dim("CustomLinear", x, self.in_features)
         y = jnp.matmul(x, self.weight[...].T)  # (..., in) @ (in, out) -> (..., out)
         return y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))  # (out,) -> (1, ..., out)
@@ -123,6 +129,7 @@ class MLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("MLP", x)
         check_last_dim("MLP", x, self.input_size)
         return self.linear2(self.relu(self.linear1(x)))
 
@@ -145,6 +152,7 @@ class SimpleCNN(nnx.Module):
         self.relu = nnx.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SimpleCNN", x)
         check_channels_last("SimpleCNN", x, self.in_channels)
         return self.relu(self.conv(x))
 
@@ -177,6 +185,7 @@ class SimpleConvNet(nnx.Module):
         self.relu1 = nnx.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SimpleConvNet", x)
         check_channels_last("SimpleConvNet", x, self.in_channels)
         return self.relu1(self.conv1(x))
 
@@ -191,6 +200,7 @@ class SimpleLinear(nnx.Module):
         self.linear = torch_like_linear(input_dim, output_dim, rngs=rngs, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SimpleLinear", x)
         check_last_dim("SimpleLinear", x, self.input_dim)
         return self.linear(x)
 
@@ -219,6 +229,7 @@ class CustomModule(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("CustomModule", x)
         check_last_dim("CustomModule", x, self.input_dim)
         x = nnx.relu(self.linear1(x))
         x = jnp.matmul(x, self.weight_custom[...])  # (..., hidden) @ (hidden, hidden)
@@ -249,6 +260,7 @@ class SequentialModel(nnx.Sequential):
         self.input_size = input_size
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_real_floating("SequentialModel", x)
         check_last_dim("SequentialModel", x, self.input_size)
         return super().__call__(x)
 
