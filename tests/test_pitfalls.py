@@ -957,3 +957,49 @@ def test_pitfalls_table_rows_name_existing_cases():
     tests = {name for name in globals() if name.startswith("test_")}
     assert names - set(PITFALLS) - tests == set(), "named in the table, measured nowhere"
     assert set(PITFALLS) - names == set(), "measured here, missing from the table"
+
+
+def test_funcmod_nn_avoids_the_porting_pitfalls():
+    """funcmod.nn's layers do what torch does where plain Flax defaults differ: two-pass
+    variance at a large mean, BatchNorm2d's unbiased running variance over N*H*W, cumulative
+    statistics for momentum=None, ceil_mode pooling, and out-of-range embedding ids refused."""
+    from funcmod import nn as fnn
+
+    x = _large_mean_batch()  # mean 1000, unit spread
+    ln = fnn.LayerNorm(8)
+    assert (
+        max_rel(
+            ln.apply(ln.init(jax.random.key(0), x), x),
+            _np(torch.nn.LayerNorm(8)(torch.from_numpy(x))),
+        )
+        < 2e-4
+    )
+
+    img = (1000.0 + np.random.default_rng(1).standard_normal((2, 3, 4, 4))).astype(np.float32)
+    for momentum in (0.1, None):
+        t_bn = torch.nn.BatchNorm2d(3, momentum=momentum)
+        t_bn.train()
+        f_bn = fnn.BatchNorm2d(3, momentum=momentum)
+        variables = f_bn.init(jax.random.key(0), img)
+        for step in range(2):
+            batch = img + np.float32(step)
+            expected = _np(t_bn(torch.from_numpy(batch)))
+            out, updates = f_bn.apply(variables, batch, train=True, mutable=["batch_stats"])
+            variables = {**variables, **updates}
+            assert max_rel(out, expected) < 2e-4
+        stats = variables["batch_stats"]
+        assert max_rel(stats["mean"], _np(t_bn.running_mean)) <= RTOL
+        assert max_rel(stats["var"], _np(t_bn.running_var)) <= RTOL
+
+    pool_in = np.random.default_rng(0).standard_normal((1, 1, 5, 5)).astype(np.float32)
+    pool = fnn.MaxPool2d(2, ceil_mode=True)
+    expected = _np(torch.nn.functional.max_pool2d(torch.from_numpy(pool_in), 2, ceil_mode=True))
+    assert max_rel(pool.apply({}, pool_in), expected) == 0.0
+
+    embed = fnn.Embedding(5, 3)
+    table = embed.init(jax.random.key(0), jnp.array([0]))
+    for bad in ([7], [-1]):
+        with pytest.raises(IndexError, match="out of range"):
+            embed.apply(table, jnp.array(bad))
+    under_jit = jax.jit(lambda ids: embed.apply(table, ids))(jnp.array([-1, 7]))
+    assert np.isnan(under_jit).all()  # not a wrapped or clamped row

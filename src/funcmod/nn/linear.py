@@ -63,10 +63,24 @@ def bilinear(
 
 def embedding(indices: jax.Array, table: jax.Array, padding_idx: int | None = None) -> jax.Array:
     """Rows of ``table`` (num, dim) at integer ``indices`` (...) -> (..., dim). The rows looked
-    up at ``padding_idx`` get no gradient, as in torch."""
+    up at ``padding_idx`` get no gradient, as in torch.
+
+    An id outside ``[0, num)`` is an error where torch raises one: ``IndexError`` when the ids
+    are concrete values. Under ``jit`` they cannot be checked, so such an id gives a row of NaN
+    (a negative id too, which ``jnp.take`` would otherwise wrap to the end of the table): never
+    a silently wrong row.
+    """
+    indices = jnp.asarray(indices) if not isinstance(indices, jax.Array) else indices
     if not jnp.issubdtype(indices.dtype, jnp.integer):
         raise ValueError(f"embedding indices must be integers, got {indices.dtype}")
-    out = jnp.take(table, indices, axis=0)
+    num = table.shape[0]
+    if not isinstance(indices, jax.core.Tracer) and indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= num:
+            bad = low if low < 0 else high
+            raise IndexError(f"embedding id {bad} is out of range for a table of {num} rows")
+    safe = jnp.where(indices < 0, num, indices)  # out of range: filled with NaN below
+    out = jnp.take(table, safe, axis=0, mode="fill", fill_value=jnp.nan)
     if padding_idx is not None:
         idx = padding_idx % table.shape[0]
         out = jnp.where((indices == idx)[..., None], jax.lax.stop_gradient(out), out)
