@@ -1003,3 +1003,30 @@ def test_funcmod_nn_avoids_the_porting_pitfalls():
             embed.apply(table, jnp.array(bad))
     under_jit = jax.jit(lambda ids: embed.apply(table, ids))(jnp.array([-1, 7]))
     assert np.isnan(under_jit).all()  # not a wrapped or clamped row
+
+
+def test_conv_transpose_recipe_with_output_padding_and_dilation():
+    """Per side d*(k-1)-p before, d*(k-1)-p+output_padding after, kernel_dilation=d."""
+    torch.manual_seed(0)
+    d, k, p, op = 2, 3, 1, 1
+    deconv = torch.nn.ConvTranspose2d(4, 6, k, stride=2, padding=p, output_padding=op, dilation=d)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    variables = {
+        "params": {"kernel": _np(deconv.weight).transpose(2, 3, 1, 0), "bias": _np(deconv.bias)}
+    }
+
+    def run(high_extra):
+        low, high = d * (k - 1) - p, d * (k - 1) - p + high_extra
+        layer = nn.ConvTranspose(
+            6,
+            (k, k),
+            strides=(2, 2),
+            padding=((low, high),) * 2,
+            kernel_dilation=(d, d),
+            transpose_kernel=True,
+        )
+        return _nchw(layer.apply(variables, _nhwc(x)))
+
+    expected = _np(deconv(torch.from_numpy(x)))
+    assert run(0).shape != expected.shape  # without output_padding the output is one short
+    assert max_rel(run(op), expected) <= RTOL
