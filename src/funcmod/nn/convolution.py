@@ -39,6 +39,7 @@ __all__ = [
     "ConvTranspose3d",
     "conv",
     "conv_transpose",
+    "ntuple",
     "pad",
 ]
 
@@ -46,7 +47,9 @@ IntOrTuple = int | Sequence[int]
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _tuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
+def ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
+    """torch's int-or-tuple argument as an ``n``-tuple (``kernel_size=3`` -> ``(3, 3)``);
+    ``ValueError`` naming the argument when a tuple has another length."""
     if isinstance(value, int):
         return (value,) * n
     value = tuple(int(v) for v in value)
@@ -104,7 +107,7 @@ def conv(
             f"conv with kernel {kernel.shape} and groups={groups} expects input "
             f"(N, {kernel.shape[-2] * groups}, {n} spatial sizes), got {x.shape}"
         )
-    stride, dilation = _tuple(stride, n, "stride"), _tuple(dilation, n, "dilation")
+    stride, dilation = ntuple(stride, n, "stride"), ntuple(dilation, n, "dilation")
     if padding == "valid":
         pads = [(0, 0)] * n
     elif padding == "same":
@@ -115,7 +118,7 @@ def conv(
     elif isinstance(padding, str):
         raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
     else:
-        pads = [(p, p) for p in _tuple(padding, n, "padding")]
+        pads = [(p, p) for p in ntuple(padding, n, "padding")]
     if padding_mode != "zeros":
         flat = [v for pair in reversed(pads) for v in pair]  # torch's order: last axis first
         x = pad(x, flat, mode=padding_mode)
@@ -157,8 +160,8 @@ def conv_transpose(
             f"conv_transpose with kernel {kernel.shape} (*k, C_out/groups, C_in) and "
             f"groups={groups} expects input (N, {c_in}, {n} spatial sizes), got {x.shape}"
         )
-    stride, dilation = _tuple(stride, n, "stride"), _tuple(dilation, n, "dilation")
-    padding, output_padding = _tuple(padding, n, "padding"), _tuple(output_padding, n, "op")
+    stride, dilation = ntuple(stride, n, "stride"), ntuple(dilation, n, "dilation")
+    padding, output_padding = ntuple(padding, n, "padding"), ntuple(output_padding, n, "op")
     for op, s, d in zip(output_padding, stride, dilation, strict=True):
         if op >= max(s, d):
             raise ValueError(
@@ -219,7 +222,7 @@ class _ConvNd(nn.Module):
                 "padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got "
                 f"{self.padding_mode!r}"
             )
-        k = _tuple(self.kernel_size, self.ndim, "kernel_size")
+        k = ntuple(self.kernel_size, self.ndim, "kernel_size")
         fan_in = self.in_channels // self.groups * math.prod(k)
         shape = (*k, self.in_channels // self.groups, self.out_channels)
         kernel = self.param("kernel", torch_kernel_init(), shape, self.param_dtype)
@@ -287,7 +290,7 @@ class _ConvTransposeNd(nn.Module):
                 f"transposed convolutions support only padding_mode='zeros' (as torch), got "
                 f"{self.padding_mode!r}"
             )
-        k = _tuple(self.kernel_size, self.ndim, "kernel_size")
+        k = ntuple(self.kernel_size, self.ndim, "kernel_size")
         out_g = self.out_channels // self.groups
         shape = (*k, out_g, self.in_channels)
         # fan_in is torch's: its weight (C_in, C_out/g, *k) has C_out/g * prod(k) per row, which

@@ -20,6 +20,8 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from funcmod.nn.convolution import IntOrTuple, ntuple
+
 __all__ = [
     "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
@@ -38,25 +40,14 @@ __all__ = [
     "pixel_shuffle",
 ]
 
-IntOrTuple = int | Sequence[int]
-
-
-def _tuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(int(v) for v in value)
-    if len(value) != n:
-        raise ValueError(f"{name} needs 1 or {n} values, got {value}")
-    return value
-
 
 def _windows(x, n, kernel_size, stride, padding, dilation, ceil_mode):
     """Per spatial axis: (kernel, stride, dilation, (pad before, pad after incl. ceil extra))."""
     if x.ndim != n + 2:
         raise ValueError(f"a {n}-d pool expects input (N, C, {n} spatial sizes), got {x.shape}")
-    k = _tuple(kernel_size, n, "kernel_size")
-    s = k if stride is None else _tuple(stride, n, "stride")
-    p, d = _tuple(padding, n, "padding"), _tuple(dilation, n, "dilation")
+    k = ntuple(kernel_size, n, "kernel_size")
+    s = k if stride is None else ntuple(stride, n, "stride")
+    p, d = ntuple(padding, n, "padding"), ntuple(dilation, n, "dilation")
     out = []
     for size, kk, ss, pp, dd in zip(x.shape[2:], k, s, p, d, strict=True):
         if pp > kk // 2:
@@ -226,7 +217,7 @@ def interpolate(
     if (size is None) == (scale_factor is None):
         raise ValueError("give exactly one of size and scale_factor")
     if size is not None:
-        outs, scales = _tuple(size, n, "size"), (None,) * n
+        outs, scales = ntuple(size, n, "size"), (None,) * n
     else:
         scales = (
             (float(scale_factor),) * n
