@@ -1,4 +1,5 @@
-"""``torch.optim`` -> optax, exactly: optimizers, lr schedulers and their state.
+"""``torch.optim`` -> optax, update by update as torch computes it: optimizers, lr schedulers and
+their state.
 
 ``from_torch(optimizer, module, scheduler=...)`` returns the optax transformation that makes the
 same updates to the Flax port's parameters as the torch loop makes to the twin's::
