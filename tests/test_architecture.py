@@ -44,8 +44,9 @@ def imports(module: str) -> set[str]:
                     [*package.split(".")[: len(package.split(".")) - node.level + 1], base]
                 )
                 base = base.rstrip(".")
-            names = [
-                f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names
+            # ``from pkg import child`` runs ``pkg/__init__.py`` too: an edge to both.
+            names = [base] + [
+                f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES
             ]
         else:
             continue

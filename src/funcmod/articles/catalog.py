@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from funcmod.articles import models
+import funcmod.articles.models as models
 from funcmod.layout import inputs_to_channels_last
 
 __all__ = ["EXAMPLES", "Example", "get_example"]
@@ -61,7 +61,7 @@ class Example:
         """The PyTorch twin, in ``dtype``: ``np.float32``/``np.float64`` or a torch dtype."""
         import torch
 
-        from funcmod.articles import torch_models
+        import funcmod.articles.torch_models as torch_models
 
         if not isinstance(dtype, torch.dtype):
             np_dtype = np.dtype(dtype)

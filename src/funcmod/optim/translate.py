@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from funcmod.optim import adaptive as ad
+import funcmod.optim.adaptive as ad
 from funcmod.optim.schedules import attached_schedulers, schedule_tables
 from funcmod.optim.state import carried_init, group_counts, param_paths
 from funcmod.optim.transforms import StepTable, clip_grad_norm, torch_adam, torch_sgd
