@@ -37,7 +37,19 @@ def _activation(act: str | Callable) -> Callable:
 
 
 class _Block(nn.Module):
-    """What the encoder and decoder layers share: their Linear/LayerNorm/dropout helpers."""
+    """What the encoder and decoder layers share: torch's constructor arguments and their
+    Linear/LayerNorm/dropout helpers."""
+
+    d_model: int
+    nhead: int
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    activation: str | Callable = "relu"
+    layer_norm_eps: float = 1e-5
+    batch_first: bool = False
+    norm_first: bool = False
+    bias: bool = True
+    param_dtype: Dtype = jnp.float32
 
     def _linear(self, fan_in: int, features: int, name: str) -> nn.Dense:
         return nn.Dense(
@@ -94,17 +106,6 @@ class TransformerEncoderLayer(_Block):
     ``MultiheadAttention`` (bool True = do not attend).
     """
 
-    d_model: int
-    nhead: int
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    activation: str | Callable = "relu"
-    layer_norm_eps: float = 1e-5
-    batch_first: bool = False
-    norm_first: bool = False
-    bias: bool = True
-    param_dtype: Dtype = jnp.float32
-
     @nn.compact
     def __call__(
         self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, *, train=False
@@ -133,17 +134,6 @@ class TransformerDecoderLayer(_Block):
     memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, *, train=False)``:
     tgt (T, N, E), memory (S, N, E) (batch first with ``batch_first``) -> tgt's shape.
     """
-
-    d_model: int
-    nhead: int
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    activation: str | Callable = "relu"
-    layer_norm_eps: float = 1e-5
-    batch_first: bool = False
-    norm_first: bool = False
-    bias: bool = True
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
