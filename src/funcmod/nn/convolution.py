@@ -47,6 +47,14 @@ IntOrTuple = int | Sequence[int]
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
+def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+            f"by groups ({groups})"
+        )
+
+
 def ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
     """torch's int-or-tuple argument as an ``n``-tuple (``kernel_size=3`` -> ``(3, 3)``);
     ``ValueError`` naming the argument when a tuple has another length."""
@@ -212,11 +220,7 @@ class _ConvNd(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x`` (N, in_channels, *S) -> (N, out_channels, *S')."""
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"in_channels ({self.in_channels}) and out_channels ({self.out_channels}) must "
-                f"be divisible by groups ({self.groups})"
-            )
+        _check_groups(self.in_channels, self.out_channels, self.groups)
         if self.padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(
                 "padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got "
@@ -280,11 +284,7 @@ class _ConvTransposeNd(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x`` (N, in_channels, *S) -> (N, out_channels, *S')."""
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"in_channels ({self.in_channels}) and out_channels ({self.out_channels}) must "
-                f"be divisible by groups ({self.groups})"
-            )
+        _check_groups(self.in_channels, self.out_channels, self.groups)
         if self.padding_mode != "zeros":
             raise ValueError(
                 f"transposed convolutions support only padding_mode='zeros' (as torch), got "
