@@ -298,11 +298,24 @@ def _check_state_dict(
     return dict(state_dict)
 
 
-def check_against_template(variables: Any, template: Any) -> None:
-    """Raise ``ConversionError`` unless ``variables`` has exactly the keys, shapes and dtypes of
-    ``template`` (Flax variables, or ``jax.ShapeDtypeStruct`` leaves from ``jax.eval_shape``)."""
+def check_against_template(
+    variables: Any,
+    template: Any,
+    *,
+    dtypes: bool = True,
+    context: str = "converted variables do not match the Flax template",
+) -> None:
+    """Raise ``ConversionError`` unless ``variables`` has exactly the keys, shapes and (with
+    ``dtypes``) dtypes of ``template`` (Flax variables, or ``jax.ShapeDtypeStruct`` leaves from
+    ``jax.eval_shape``). ``context`` opens the error message."""
     got = traverse_util.flatten_dict(variables)
     want = traverse_util.flatten_dict(template)
+
+    def differ(k: tuple[str, ...]) -> bool:
+        if np.shape(want[k]) != np.shape(got[k]):
+            return True
+        return dtypes and np.dtype(want[k].dtype) != got[k].dtype
+
     missing = [_path_str(k) for k in want if k not in got]
     unexpected = [_path_str(k) for k in got if k not in want]
     mismatched = [
@@ -312,15 +325,11 @@ def check_against_template(variables: Any, template: Any) -> None:
             _describe(np.shape(got[k]), got[k].dtype),
         )
         for k in want
-        if k in got
-        and (np.shape(want[k]) != np.shape(got[k]) or np.dtype(want[k].dtype) != got[k].dtype)
+        if k in got and differ(k)
     ]
     if missing or unexpected or mismatched:
         raise ConversionError(
-            "converted variables do not match the Flax template",
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
+            context, missing=missing, unexpected=unexpected, mismatched=mismatched
         )
 
 

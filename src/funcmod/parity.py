@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from flax import linen as nn
 
-from funcmod.convert import ConversionError, torch_grads_to_flax, torch_to_flax
+from funcmod.convert import check_against_template, torch_grads_to_flax, torch_to_flax
 from funcmod.layout import inputs_to_channels_last, to_channels_first
 from funcmod.precision import DTYPES, RTOL
 from funcmod.tree import LeafDiff, compare_trees, leaves_with_paths
@@ -123,22 +123,16 @@ def _check_variables_dtype(variables: Any, dtype: np.dtype) -> None:
 def _check_tree_fits(tree: Any, template: Any, what: str) -> None:
     """Raise ``ConversionError`` unless ``tree`` has exactly the leaf paths and shapes of the
     port's ``template`` (dtypes are checked against the inputs separately)."""
-    got = {p: np.shape(leaf) for p, leaf in leaves_with_paths(tree).items()}
-    want = {p: tuple(leaf.shape) for p, leaf in leaves_with_paths(template).items()}
-    missing = [p for p in want if p not in got]
-    unexpected = [p for p in got if p not in want]
-    mismatched = [
-        (p, f"shape {want[p]}", f"shape {got[p]}") for p in want if p in got and got[p] != want[p]
-    ]
-    if missing or unexpected or mismatched:
-        raise ConversionError(
+    check_against_template(
+        tree,
+        template,
+        dtypes=False,
+        context=(
             f"{what} do not fit the port's variables (jax.eval_shape of its init on the "
             f"inputs): missing keys are the port's, absent from {what}; unexpected keys are in "
-            f"{what} but not in the port",
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
-        )
+            f"{what} but not in the port"
+        ),
+    )
 
 
 def _port_shapes(flax_module: Any, variables: Any, flax_inputs: Sequence[Any]) -> tuple[Any, Any]:
