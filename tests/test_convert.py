@@ -668,3 +668,33 @@ def test_acceptance_independent_torch_mlp_runs_in_flax():
     assert_trees_close(y_flax, y_torch, rtol=1e-5, what="MLP outputs")
     report = check_parity(article, port, variables, [x], input_names=["x"], name="ArticleMLP")
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_cumulative_count_round_trips_bitwise(dtype):
+    """momentum=None: num_batches_tracked is state (the next update divides by it), so it
+    converts both ways; with a momentum it is never read and stays out."""
+    bn = torch.nn.BatchNorm1d(3, momentum=None).to(getattr(torch, np.dtype(dtype).name)).train()
+    for _ in range(5):
+        bn(torch.randn(4, 3, dtype=bn.weight.dtype))
+    with x64(dtype):
+        variables = torch_to_flax(bn)
+        count = variables["batch_stats"]["num_batches_tracked"]
+        assert count.dtype == jax.dtypes.canonicalize_dtype(jnp.int64) and int(count) == 5
+        fresh = torch.nn.BatchNorm1d(3, momentum=None).to(bn.weight.dtype)
+        assert flax_to_torch(variables, fresh) == LoadResult([], [])
+    for k, v in bn.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v) and fresh.state_dict()[k].dtype == v.dtype, k
+    with x64(dtype):  # a count of another integer type is refused, naming the leaf
+        bad = {**variables, "batch_stats": {**variables["batch_stats"]}}
+        bad["batch_stats"]["num_batches_tracked"] = np.asarray(5, np.int16)
+        with pytest.raises(ConversionError, match="batch_stats/num_batches_tracked"):
+            flax_to_torch(bad, fresh)
+    assert "num_batches_tracked" not in torch_to_flax(torch.nn.BatchNorm1d(3))["batch_stats"]
+
+
+def test_batchnorm_count_that_does_not_fit_32_bits_is_refused():
+    bn = torch.nn.BatchNorm1d(3, momentum=None)
+    bn.num_batches_tracked.fill_(2**40)
+    with pytest.raises(ConversionError, match="num_batches_tracked"):
+        torch_to_flax(bn)

@@ -47,10 +47,10 @@ def test_batchnorm_training_steps_follow_torch(momentum, dtype):
         variables = torch_to_flax(twin)
         x0 = jnp.zeros((4, 3, 3, 2), dtype)
         init = layer.init(jax.random.key(0), x0)
-        if momentum is None:  # the counter is not converted (docs/migration.md): start it here
-            assert "num_batches_tracked" not in variables["batch_stats"]
-            count = init["batch_stats"]["num_batches_tracked"]
-            variables["batch_stats"]["num_batches_tracked"] = count
+        if momentum is None:  # the counter converts too, in JAX's default integer type
+            assert variables["batch_stats"]["num_batches_tracked"].dtype == (
+                init["batch_stats"]["num_batches_tracked"].dtype
+            )
         assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, init)
 
         def loss(params, stats, x, cot):

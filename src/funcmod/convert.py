@@ -13,6 +13,8 @@ for each tensor the layer owns, its Flax name, its collection and the layout cha
     Conv1d/2d/3d  weight (out, in, *k)    -> params/kernel (*k, in, out)
     BatchNorm     weight, bias            -> params/scale, params/bias
                   running_mean/var        -> batch_stats/mean, batch_stats/var
+                  num_batches_tracked     -> batch_stats/num_batches_tracked (momentum=None
+                                             only; int64 <-> JAX's default int, exact)
     LayerNorm     weight, bias            -> params/scale, params/bias
     Embedding     weight (num, dim)       -> params/embedding (num, dim)
 
@@ -102,6 +104,21 @@ _BATCHNORM = LayerRule(
     ),
     ignored=frozenset({"num_batches_tracked"}),
 )
+# momentum=None: the running statistics are a cumulative average over num_batches_tracked steps,
+# so the count is state the next update reads and converts too (funcmod.nn.BatchNorm keeps it).
+_BATCHNORM_CUMULATIVE = LayerRule(
+    (
+        *_BATCHNORM.leaves,
+        LeafRule("num_batches_tracked", "num_batches_tracked", "batch_stats", counter=True),
+    )
+)
+
+
+def _batchnorm(module: nn.Module) -> LayerRule:
+    cumulative = module.momentum is None and module.track_running_stats
+    return _BATCHNORM_CUMULATIVE if cumulative else _BATCHNORM
+
+
 # ConvTranspose's weight (in, out/groups, *k) takes the forward convolution's permutation, to
 # kernel (*k, out/groups, in): a pure transpose, so the round trip is bitwise. The layer
 # (funcmod.nn.ConvTransposeNd) flips the kernel and swaps its channel axes when it runs; the
@@ -118,9 +135,9 @@ RULES: dict[type[nn.Module], LayerRule] = {
     nn.Conv1d: _CONV,
     nn.Conv2d: _CONV,
     nn.Conv3d: _CONV,
-    nn.BatchNorm1d: _BATCHNORM,
-    nn.BatchNorm2d: _BATCHNORM,
-    nn.BatchNorm3d: _BATCHNORM,
+    nn.BatchNorm1d: _batchnorm,
+    nn.BatchNorm2d: _batchnorm,
+    nn.BatchNorm3d: _batchnorm,
     nn.LayerNorm: _NORM,
     nn.GroupNorm: _NORM,
     nn.RMSNorm: _NORM,
@@ -374,14 +391,15 @@ def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bo
         if any(p not in flat for p in e.flax_paths):
             continue
         arrays = [np.asarray(flat[p]) for p in e.flax_paths]
-        want_dtype = _torch_dtype_to_numpy(e.tensors[0].dtype)
         bad = [
             (
                 f"{_path_str(p)} (torch {', '.join(map(repr, e.torch_keys))})",
                 _describe(w, want_dtype),
                 _describe(a.shape, a.dtype),
             )
-            for p, a, w in zip(e.flax_paths, arrays, e.flax_shapes(), strict=True)
+            for p, a, w, want_dtype in zip(
+                e.flax_paths, arrays, e.flax_shapes(), e.flax_dtypes(), strict=True
+            )
             if a.shape != w or a.dtype != want_dtype
         ]
         mismatched += bad

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import jax
 import numpy as np
 
 __all__ = [
@@ -89,12 +90,23 @@ class LeafRule:
       collection: the Flax variable collection (``'params'``, ``'batch_stats'``).
       perm: axes permutation applied to the torch array to get the Flax array, or None.
         The inverse permutation is applied on the way back.
+      counter: the tensor is an integer step count (BatchNorm's int64 ``num_batches_tracked``):
+        its Flax leaf has JAX's default integer type, int32 without 64-bit JAX (what the Flax
+        layer's own counter has), and turns int64 again on the way back. Both casts are exact;
+        a count that does not fit int32 is a ``ConversionError``.
     """
 
     torch_name: str
     flax_name: str
     collection: str = "params"
     perm: Callable[[int], tuple[int, ...]] | tuple[int, ...] | None = None
+    counter: bool = False
+
+    def flax_dtype(self, torch_dtype: np.dtype) -> np.dtype:
+        """The Flax leaf's dtype for a torch tensor of ``torch_dtype``."""
+        if self.counter:
+            return np.dtype(jax.dtypes.canonicalize_dtype(np.int64))
+        return np.dtype(torch_dtype)
 
     def _perm_for(self, ndim: int) -> tuple[int, ...] | None:
         perm = self.perm(ndim) if callable(self.perm) else self.perm
@@ -105,10 +117,20 @@ class LeafRule:
         return perm
 
     def to_flax(self, array: np.ndarray) -> np.ndarray:
+        if self.counter:
+            count = array.astype(self.flax_dtype(array.dtype))
+            if not np.array_equal(count.astype(array.dtype), array):
+                raise ConversionError(
+                    f"{self.torch_name} = {array} does not fit {count.dtype.name}; convert "
+                    f"inside `with jax.enable_x64(True):`"
+                )
+            return count
         perm = self._perm_for(array.ndim)
         return array if perm is None else np.transpose(array, perm)
 
     def to_torch(self, array: np.ndarray) -> np.ndarray:
+        if self.counter:
+            return array.astype(np.int64)
         perm = self._perm_for(array.ndim)
         return array if perm is None else np.transpose(array, np.argsort(perm))
 

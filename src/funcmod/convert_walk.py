@@ -60,6 +60,12 @@ class _Entry:
             return (self.rule.to_torch(arrays[0]),)
         return tuple(self.rule.to_torch(*arrays))
 
+    def flax_dtypes(self) -> tuple[np.dtype, ...]:
+        dtypes = [_torch_dtype_to_numpy(t.dtype) for t in self.tensors]
+        if isinstance(self.rule, LeafRule):
+            return (self.rule.flax_dtype(dtypes[0]),)
+        return (dtypes[0],) * len(self.flax_paths)
+
     def flax_shapes(self) -> tuple[tuple[int, ...], ...]:
         shapes = [tuple(t.shape) for t in self.tensors]
         if isinstance(self.rule, LeafRule):
