@@ -11,6 +11,8 @@ The package is in three wings; arrows point one way, tools -> articles -> librar
   (whole training runs), ``train`` (jitted optax steps), ``sharding`` (data parallelism),
   ``optim`` (torch.optim -> optax), ``checkpoint`` (atomic TrainState files);
 * ``funcmod.articles``: the four seed articles' examples, ported and twinned;
+* ``funcmod.corpus``: plain PyTorch models (ResNet, GPT, Llama, ...), the acceptance corpus
+  of the porter (an examples wing beside ``articles``);
 * ``funcmod.tools``: the ``funcmod`` command line.
 
 Only torch-free modules are imported here. ``convert``, ``parity``, ``trajectory``,
