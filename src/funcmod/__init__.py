@@ -6,10 +6,11 @@ The package is in three wings; arrows point one way, tools -> articles -> librar
 * the library (what a user's own port imports):
   ``tree`` (the per-leaf comparison), ``layout`` (NCHW <-> NHWC, input checks), ``precision``
   (dtypes, the tolerance table, float64 on demand), ``nn`` (torch-faithful Flax building
-  blocks), ``convert`` (weights both ways; its walk ``convert_walk`` and several-tensor
-  rules ``convert_groups``), ``parity`` (outputs and gradients), ``trajectory``
-  (whole training runs), ``train`` (jitted optax steps), ``sharding`` (data parallelism),
-  ``optim`` (torch.optim -> optax), ``checkpoint`` (atomic TrainState files);
+  blocks), ``convert`` (weights both ways; its walk ``convert_walk``, several-tensor
+  rules ``convert_groups``, torch-named safetensors files ``convert_files``), ``parity``
+  (outputs and gradients), ``trajectory`` (whole training runs), ``train`` (jitted optax
+  steps), ``sharding`` (data parallelism), ``optim`` (torch.optim -> optax), ``checkpoint``
+  (atomic TrainState files);
 * ``funcmod.articles``: the four seed articles' examples, ported and twinned;
 * ``funcmod.corpus``: plain PyTorch models (ResNet, GPT, Llama, ...), the acceptance corpus
   of the porter (an examples wing beside ``articles``);

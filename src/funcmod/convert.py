@@ -27,6 +27,8 @@ the ``buffers`` collection. Children keep their attribute names, except that an
 (``funcmod.convert_walk``). Several-tensor rules (recurrent layers, MultiheadAttention,
 weight_norm) are ``GroupRule``s (``funcmod.convert_groups``); tied tensors convert once
 (``tied_parameters``). Register rules for your own layer types with ``register_rule``.
+``flax_to_state_dict`` gives torch-named numpy arrays without a materialised module; files
+(torch-named safetensors) are ``funcmod.convert_files``.
 
 Both directions are strict by default, like ``load_state_dict``: every missing key, unexpected key
 and shape or dtype that does not fit is collected and raised as one ``ConversionError``, and
@@ -75,6 +77,7 @@ __all__ = [
     "LeafRule",
     "LoadResult",
     "check_against_template",
+    "flax_to_state_dict",
     "flax_to_torch",
     "register_rule",
     "tied_parameters",
@@ -357,34 +360,19 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]
 
 
-def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bool = True):
-    """Load Flax variables into a torch module, in place.
-
-    Args:
-      variables: ``{'params': ..., 'batch_stats': ...}`` as returned by ``model.init`` or
-        ``torch_to_flax``. Leaves may be jax or numpy arrays.
-      module: the torch module to write into; its layer types decide the layout changes.
-      strict: when True (the default), a missing or unexpected key is an error. A shape or
-        dtype that does not fit is always an error.
-
-    Returns:
-      ``LoadResult(missing_keys, unexpected_keys)``, in Flax paths ('params/linear1/kernel').
-
-    Raises:
-      ConversionError: listing every offending key with both shapes and dtypes; a tied tensor
-        carried under two names with different values (naming both); meta-device or
-        uninitialised lazy tensors in ``module`` (materialise them first, e.g.
-        ``module.to_empty(device='cpu')``). The module is left exactly as it was.
-    """
-    module = unwrap(module)
+def _plan_load(
+    variables: Mapping[str, Any], module: nn.Module, *, strict: bool, meta_ok: bool
+) -> tuple[list[tuple[str, torch.Tensor, np.ndarray]], dict[str, Any], LoadResult]:
+    """Every check of ``flax_to_torch``, nothing written: (state_dict key, target tensor, its new
+    value in torch's layout) for each tensor, the tied aliases, and what was skipped."""
     entries, aliases = _walk_all(module)
-    _refuse_unmaterialised(module, entries, meta_ok=False)
+    _refuse_unmaterialised(module, entries, meta_ok=meta_ok)
     flat = traverse_util.flatten_dict(dict(variables))
     alias_paths = {a.flax_paths[0]: (k, a, first) for k, (a, first) in aliases.items()}
     expected = {p for e in entries for p in e.flax_paths}
     missing = [_path_str(k) for e in entries for k in e.flax_paths if k not in flat]
     unexpected = [_path_str(k) for k in flat if k not in expected and k not in alias_paths]
-    updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+    updates: list[tuple[str, torch.Tensor, np.ndarray]] = []
     by_key: dict[str, np.ndarray] = {}
     mismatched = []
     for e in [*entries, *(a for _, a, _ in alias_paths.values())]:
@@ -418,7 +406,7 @@ def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bo
                     )
                 continue
             by_key[key] = a
-            updates.append((t, _numpy_to_tensor(a)))
+            updates.append((key, t, a))
     if mismatched or (strict and (missing or unexpected)):
         raise ConversionError(
             f"variables do not fit {type(module).__name__}",
@@ -426,6 +414,31 @@ def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bo
             unexpected=unexpected if strict else (),
             mismatched=mismatched,
         )
+    return updates, aliases, LoadResult(missing, unexpected)
+
+
+def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bool = True):
+    """Load Flax variables into a torch module, in place.
+
+    Args:
+      variables: ``{'params': ..., 'batch_stats': ...}`` as returned by ``model.init`` or
+        ``torch_to_flax``. Leaves may be jax or numpy arrays.
+      module: the torch module to write into; its layer types decide the layout changes.
+      strict: when True (the default), a missing or unexpected key is an error. A shape or
+        dtype that does not fit is always an error.
+
+    Returns:
+      ``LoadResult(missing_keys, unexpected_keys)``, in Flax paths ('params/linear1/kernel').
+
+    Raises:
+      ConversionError: listing every offending key with both shapes and dtypes; a tied tensor
+        carried under two names with different values (naming both); meta-device or
+        uninitialised lazy tensors in ``module`` (materialise them first, e.g.
+        ``module.to_empty(device='cpu')``). The module is left exactly as it was.
+    """
+    module = unwrap(module)
+    planned, _, result = _plan_load(variables, module, strict=strict, meta_ok=False)
+    updates = [(t, _numpy_to_tensor(a)) for _, t, a in planned]
     backup = [t.detach().clone() for t, _ in updates]
     with torch.no_grad():
         try:
@@ -435,4 +448,24 @@ def flax_to_torch(variables: Mapping[str, Any], module: nn.Module, *, strict: bo
             for (target, _), old in zip(updates, backup, strict=True):
                 target.copy_(old)
             raise
-    return LoadResult(missing, unexpected)
+    return result
+
+
+def flax_to_state_dict(
+    variables: Mapping[str, Any], module: nn.Module, *, strict: bool = True
+) -> dict[str, np.ndarray]:
+    """Flax variables as a torch-named state dict of numpy arrays, in torch's layouts; the module
+    is only read for its structure, so it may live on the meta device
+    (``with torch.device('meta'): model = MyNet()``): nothing is allocated or written.
+
+    The keys are those ``module.state_dict()`` has, a tied tensor under each of its names (the
+    same array), except counters conversion ignores (BatchNorm's ``num_batches_tracked``, which
+    ``load_state_dict`` fills in). Checks and raises as ``flax_to_torch``.
+    """
+    module = unwrap(module)
+    planned, aliases, _ = _plan_load(variables, module, strict=strict, meta_ok=True)
+    state = {key: a for key, _, a in planned}
+    for alias, (_, first) in aliases.items():
+        if first in state:
+            state[alias] = state[first]
+    return {k: state[k] for k in module.state_dict() if k in state}
