@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast compare bench lint format clean
+.PHONY: venv test test-fast compare bench docs docs-serve lint format clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,21 @@ compare: venv
 bench: venv
 	$(VENV)/bin/funcmod bench --out results
 
+# The documentation site into site/, offline: the parity of the examples is measured on every
+# build (results/compare.json), the digits run once; the bench chart and table appear once
+# `make bench` has written results/bench.json.
+docs: venv results/digits_mlp.json
+	$(VENV)/bin/funcmod compare --json > results/compare.json; test $$? -le 1
+	$(VENV)/bin/mkdocs build --strict
+
+# The digits loss curves, trained once (about a minute); delete the file to train again.
+results/digits_mlp.json: | venv
+	$(VENV)/bin/funcmod digits mlp --workdir results
+
+# Serves the site on http://127.0.0.1:8000, rebuilt on every change.
+docs-serve: venv
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -41,4 +56,4 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -3,7 +3,13 @@
 A document is split into sections at its ``## `` headings. The blocks of one section run in
 order in one namespace, after the blocks that come before the first ``## `` heading (the
 document's preamble, typically its imports). Each section is one test, so a failure names the
-document and the section, and the traceback points at the markdown line.
+document and the section, and the traceback points at the markdown line; a document with no
+``## `` section runs its preamble as one test.
+
+These are the pages the documentation site shows (``mkdocs.yml``), so the code a reader sees is
+the code that runs. The site puts the PyTorch, Flax Linen, Flax NNX and ``funcmod.nn`` versions
+of a snippet side by side as content tabs (``=== "PyTorch"`` with the fenced block indented
+under it); the parser reads indented fences too, and each tab's block runs in its place.
 
 The blocks run under the test suite's strict JAX configuration (``tests/conftest.py``).
 """
@@ -21,11 +27,19 @@ import pytest
 torch = pytest.importorskip("torch")  # the documents put PyTorch next to Flax
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/migration.md", "docs/claims.md", "docs/pitfalls.md"]
+DOCS = [
+    "README.md",
+    "docs/index.md",
+    "docs/getting-started.md",
+    "docs/migration.md",
+    "docs/claims.md",
+    "docs/pitfalls.md",
+]
 RUN_TAGS = {"python"}  # the tag of every block that runs
 # Tags that look like python but would be skipped: a block written with one fails the suite.
 SUSPICIOUS_TAGS = {"py", "python3", "py3", "pycon", "ipython", "pytest"}
-FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)")
+FENCE = re.compile(r"^( *)(```+|~~~+)\s*([\w+-]*)")  # indented: inside a tab or a list item
+TAB = re.compile(r'^( *)=== "([^"]+)"')  # a content tab (pymdownx.tabbed)
 
 
 @dataclass(frozen=True)
@@ -35,26 +49,40 @@ class Block:
     line: int  # 1-based line of the first line of code
     tag: str
     code: str
+    tab: str = ""  # the title of the content tab the block sits in, if any
 
 
 def parse(path: Path) -> list[Block]:
-    """The fenced code blocks of a markdown file, with their section and line number."""
+    """The fenced code blocks of a markdown file, with their section, tab and line number.
+
+    A fence may be indented (under a ``=== "Tab"`` line or a list item); its code is read
+    without that indentation, and a code line indented less than the fence is an error.
+    """
     blocks: list[Block] = []
-    section = ""
+    section, tab = "", ""
     fence: str | None = None
-    tag, start, lines = "", 0, []
+    indent, tag, start, lines = "", "", 0, []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if fence is None:
             m = FENCE.match(line)
+            t = TAB.match(line)
             if m:
-                fence, tag, start, lines = m.group(1), m.group(2).lower(), i + 1, []
+                indent, fence, tag = m.group(1), m.group(2), m.group(3).lower()
+                start, lines = i + 1, []
+            elif t:
+                tab = t.group(2)
             elif line.startswith("## "):
-                section = line[3:].strip()
-        elif line.strip() == fence:
-            blocks.append(Block(str(path), section, start, tag, "\n".join(lines)))
+                section, tab = line[3:].strip(), ""
+            elif line.strip() and not line.startswith(" "):
+                tab = ""  # unindented text ends a group of tabs
+        elif line.strip() == fence and line.startswith(indent):
+            code = "\n".join(lines)
+            blocks.append(Block(str(path), section, start, tag, code, tab if indent else ""))
             fence = None
         else:
-            lines.append(line)
+            if line.strip() and not line.startswith(indent):
+                raise ValueError(f"{path.name}:{i}: code indented less than its fence")
+            lines.append(line[len(indent) :])
     if fence is not None:
         raise ValueError(f"{path.name}:{start - 1}: unclosed code fence")
     return blocks
@@ -68,9 +96,10 @@ def _sections() -> list[tuple[str, str]]:
             continue
         seen = []
         for b in parse(path):
-            if b.tag in RUN_TAGS and b.section and b.section not in seen:
+            if b.tag in RUN_TAGS and b.section not in seen:
                 seen.append(b.section)
-        out += [(doc, s) for s in seen]
+        # the preamble runs before every section; on its own only where there is none
+        out += [(doc, s) for s in seen if s or seen == [""]]
     return out
 
 
@@ -97,11 +126,11 @@ def _slug(text: str) -> str:
     return re.sub(r"\W+", "-", text).strip("-")
 
 
-@pytest.mark.parametrize(("doc", "section"), _sections(), ids=_slug)
+@pytest.mark.parametrize(("doc", "section"), _sections(), ids=lambda v: _slug(v) or "preamble")
 def test_section_runs(doc, section):
     blocks = [b for b in parse(ROOT / doc) if b.tag in RUN_TAGS]
     preamble = [b for b in blocks if not b.section]
-    body = [b for b in blocks if b.section == section]
+    body = [b for b in blocks if b.section == section and section]
     run_blocks(preamble + body, f"funcmod_docs_{_slug(doc + '-' + section).replace('-', '_')}")
 
 
@@ -176,3 +205,46 @@ def test_a_failing_block_fails_with_its_markdown_line(tmp_path):
     with pytest.raises(AssertionError, match="wrong") as info:
         run_blocks([b for b in parse(md) if b.tag == "python"])
     assert info.traceback[-1].lineno + 1 == 5  # pytest's lineno is 0-based
+
+
+def test_parser_reads_blocks_inside_content_tabs(tmp_path):
+    md = tmp_path / "tabs.md"
+    md.write_text(
+        '## A\n\n=== "PyTorch"\n\n    ```python\n    t = 1\n    if t:\n        t = 2\n    ```\n\n'
+        '=== "Flax NNX"\n\n    Some text.\n\n    ```python\n    n = 3\n    ```\n\n'
+        "After the tabs.\n\n```python\nassert (t, n) == (2, 3)\n```\n",
+        encoding="utf-8",
+    )
+    blocks = parse(md)
+    assert [(b.tab, b.line, b.code) for b in blocks] == [
+        ("PyTorch", 6, "t = 1\nif t:\n    t = 2"),
+        ("Flax NNX", 16, "n = 3"),
+        ("", 22, "assert (t, n) == (2, 3)"),
+    ]
+    run_blocks(blocks)  # the tabs' blocks run, in order, before the assertion under them
+
+
+def test_a_failing_block_in_a_tab_fails_with_its_markdown_line(tmp_path):
+    md = tmp_path / "bad_tab.md"
+    md.write_text('## S\n\n=== "T"\n\n    ```python\n    assert False, "in tab"\n    ```\n')
+    with pytest.raises(AssertionError, match="in tab") as info:
+        run_blocks(parse(md))
+    assert info.traceback[-1].lineno + 1 == 6
+
+
+def test_code_indented_less_than_its_fence_is_an_error(tmp_path):
+    md = tmp_path / "dedent.md"
+    md.write_text('=== "T"\n\n    ```python\n  x = 1\n    ```\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dedent\.md:4: code indented less than its fence"):
+        parse(md)
+
+
+def test_snippets_still_all_run():
+    """The restructuring into tabs and pages lost no snippet: at least as many python blocks run
+    as before it (47 in README.md, migration.md, claims.md and pitfalls.md), plus the new pages'."""
+    counts = {doc: sum(b.tag in RUN_TAGS for b in parse(ROOT / doc)) for doc in DOCS}
+    old = ("README.md", "docs/migration.md", "docs/claims.md", "docs/pitfalls.md")
+    assert sum(counts[d] for d in old) >= 47, counts
+    assert counts["docs/index.md"] >= 1 and counts["docs/getting-started.md"] >= 4, counts
+    # every block runs in some test: in a section, or in the preamble every section runs after
+    assert ("docs/index.md", "") in _sections()

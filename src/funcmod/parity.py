@@ -176,9 +176,10 @@ def check_parity(
     Args:
       torch_module: the PyTorch module, in the dtype of ``inputs``. Its ``.grad`` fields are
         cleared afterwards; its weights are not touched.
-      flax_module, variables: the port and its variables (typically ``torch_to_flax(module)``).
-        The port is a Linen module, or an object with Linen's ``apply(variables, *xs)`` whose
-        ``apply`` checks ``variables`` itself (``funcmod.nn.interop.LinenView``).
+      flax_module: the port: a Linen module, or an object with Linen's
+        ``apply(variables, *xs)`` whose ``apply`` checks ``variables`` itself
+        (``funcmod.nn.interop.LinenView``).
+      variables: the port's variables (typically ``torch_to_flax(module)``).
       inputs: numpy arrays in PyTorch's layout, all float32 or all float64.
       input_layouts: per input, ``'NCHW'`` (or ``'NCL'``, ``'NCDHW'``) for an image, else None.
       output_layout: the output's layout, as for the inputs.

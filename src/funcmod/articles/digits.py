@@ -104,7 +104,7 @@ def _plot(path: Path, torch_losses: np.ndarray, flax_losses: np.ndarray, title: 
 
 def train_and_evaluate(config: DigitsConfig, workdir: str | Path) -> dict[str, Any]:
     """Train both frameworks on the digits and write ``<workdir>/digits_<model>_loss.png`` and
-    ``<workdir>/digits_<model>.json``.
+    ``<workdir>/digits_<model>.json`` (what it returns, the loss curves included).
 
     Returns:
       ``{'torch_accuracy', 'flax_accuracy', 'final_param_max_rel', 'loss_max_abs_diff',
@@ -166,6 +166,9 @@ def train_and_evaluate(config: DigitsConfig, workdir: str | Path) -> dict[str, A
         "loss_max_abs_diff": float(np.max(np.abs(flax_loss - np.array(torch_losses)))),
         "backend": jax.default_backend(),
         "plot": str(plot),
+        # the curves themselves, so a chart can be drawn again from the file (funcmod charts)
+        "torch_losses": torch_losses,
+        "flax_losses": flax_loss.tolist(),
     }
     (workdir / f"digits_{config.model}.json").write_text(json.dumps(result, indent=2) + "\n")
-    return {**result, "torch_losses": torch_losses, "flax_losses": flax_loss.tolist()}
+    return result

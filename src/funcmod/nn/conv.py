@@ -218,9 +218,10 @@ def conv_general_dilated(
     Args:
       lhs: the input, (N, H, W, C) for the direct form.
       rhs: the kernel, (kh, kw, C, O) for the direct form.
-      window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count, precision, preferred_element_type: as for
-        ``lax.conv_general_dilated``.
+      window_strides: as for ``lax.conv_general_dilated``, and so are the arguments that
+        follow it up to ``plan``: ``padding``, ``lhs_dilation``, ``rhs_dilation``,
+        ``dimension_numbers``, ``feature_group_count``, ``batch_group_count``, ``precision``,
+        ``preferred_element_type``.
 
     Returns:
       the convolution, (N, Ho, Wo, O) for the direct form.

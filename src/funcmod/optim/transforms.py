@@ -287,8 +287,11 @@ def torch_adam(
     correction in float32, AdamW's rounded decay factor, AMSGrad's max of the raw moment).
 
     Args:
-      lr, b1, b2, eps, weight_decay: torch's ``lr``, ``betas``, ``eps``, ``weight_decay``;
-        ``lr`` and ``b1`` may be ``StepTable``s (a scheduler, ``cycle_momentum``).
+      lr: torch's ``lr``; may be a ``StepTable`` (a scheduler).
+      b1: torch's ``betas[0]``; may be a ``StepTable`` (``cycle_momentum``).
+      b2: torch's ``betas[1]``.
+      eps: torch's ``eps``.
+      weight_decay: torch's ``weight_decay``.
       decoupled: AdamW's decoupled weight decay instead of Adam's L2 term.
       amsgrad: torch's AMSGrad variant.
 
