@@ -11,7 +11,9 @@ port; the port's outputs and input gradients are transposed back before comparin
 gradients are mapped to Flax's layout by the conversion rules.
 
 Run it in float32 (float32 inputs, a float32 module) or in float64 (float64 inputs, a
-``module.double()`` twin, inside ``with jax.enable_x64(True):``).
+``module.double()`` twin, inside ``with jax.enable_x64(True):``). Integer and bool inputs
+(token ids, masks) are passed to both as they are; gradients are taken with respect to the
+float inputs and the parameters only.
 """
 
 from __future__ import annotations
@@ -101,8 +103,22 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def _float_dtype(inputs: Sequence[np.ndarray]) -> np.dtype:
-    dtypes = {np.asarray(a).dtype for a in inputs}
+def _is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def _float_dtype(inputs: Sequence[np.ndarray], variables: Any) -> np.dtype:
+    """The dtype of the float inputs (all float32 or all float64); integer and bool inputs
+    (token ids, masks) pass through. Without a float input, the dtype of the variables."""
+    for a in inputs:
+        if not (_is_float(a) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise ValueError(
+                f"inputs must be float32/float64 arrays, or integer/bool ones passed through; "
+                f"got {a.dtype}"
+            )
+    dtypes = {a.dtype for a in inputs if _is_float(a)}
+    if not dtypes:
+        dtypes = {np.dtype(leaf.dtype) for leaf in leaves_with_paths(variables).values()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES.values():
         raise ValueError(
             f"inputs must all be float32 or all float64, got dtypes {sorted(map(str, dtypes))}"
@@ -114,7 +130,7 @@ def _check_variables_dtype(variables: Any, dtype: np.dtype) -> None:
     wrong = {
         path: str(leaf.dtype)
         for path, leaf in leaves_with_paths(variables).items()
-        if np.dtype(leaf.dtype) != dtype
+        if np.issubdtype(leaf.dtype, np.floating) and np.dtype(leaf.dtype) != dtype
     }
     if wrong:
         raise ValueError(f"inputs are {dtype} but these variables are not: {wrong}")
@@ -180,7 +196,9 @@ def check_parity(
         ``apply(variables, *xs)`` whose ``apply`` checks ``variables`` itself
         (``funcmod.nn.interop.LinenView``).
       variables: the port's variables (typically ``torch_to_flax(module)``).
-      inputs: numpy arrays in PyTorch's layout, all float32 or all float64.
+      inputs: numpy arrays in PyTorch's layout: the float ones all float32 or all float64;
+        integer and bool inputs (token ids, masks) are passed through as they are, and get no
+        gradient. Without a float input, the variables' dtype is the one checked.
       input_layouts: per input, ``'NCHW'`` (or ``'NCL'``, ``'NCDHW'``) for an image, else None.
       output_layout: the output's layout, as for the inputs.
       input_names: labels for the input gradients (default ``x0, x1, ...``).
@@ -193,15 +211,15 @@ def check_parity(
       A ``ParityReport`` with the max absolute and relative error of every leaf.
 
     Raises:
-      ValueError: inputs that are not all float32 or all float64 (or float64 with 64-bit JAX
-        off); variables of another dtype; outputs of different shapes (both named), checked
-        after the twin's forward and before any gradient.
+      ValueError: float inputs that are not all float32 or all float64 (or float64 with 64-bit
+        JAX off), inputs of any other dtype; variables of another dtype; outputs of different
+        shapes (both named), checked after the twin's forward and before any gradient.
       funcmod.convert.ConversionError: the twin's converted variables, or ``variables``, do not
         have exactly the keys and shapes of the port's own (``jax.eval_shape`` of
         ``flax_module.init`` on the inputs in the port's layout); every key is named.
     """
     inputs = [np.asarray(a) for a in inputs]
-    dtype = _float_dtype(inputs)
+    dtype = _float_dtype(inputs, variables)
     if dtype == np.float64 and not jax.config.jax_enable_x64:
         raise ValueError(
             "float64 parity needs 64-bit JAX: run it inside `with jax.enable_x64(True):`"
@@ -219,7 +237,10 @@ def check_parity(
     # Before any gradient: the port's output shape and variable tree (abstractly, from its init),
     # which the twin's output, the twin's parameters and ``variables`` must all fit.
     flax_out_shape, template = _port_shapes(flax_module, variables, flax_inputs)
-    torch_inputs = [torch.from_numpy(a.copy()).requires_grad_(True) for a in inputs]
+    diff = [i for i, a in enumerate(inputs) if _is_float(a)]  # inputs with a gradient
+    torch_inputs = [torch.from_numpy(a.copy()) for a in inputs]
+    for i in diff:
+        torch_inputs[i].requires_grad_(True)
     torch_module.zero_grad(set_to_none=True)
     torch_out = torch_module(*torch_inputs)
     port_shape = _shape_channels_first(flax_out_shape.shape, output_layout)
@@ -237,7 +258,7 @@ def check_parity(
     (torch_out * torch.from_numpy(cotangent)).sum().backward()
     torch_grads = {
         **torch_grads_to_flax(torch_module),
-        **{n: x.grad.numpy() for n, x in zip(names, torch_inputs, strict=True)},
+        **{names[i]: torch_inputs[i].grad.numpy() for i in diff},
     }
     torch_out = torch_out.detach().numpy()
     torch_module.zero_grad(set_to_none=True)
@@ -246,17 +267,20 @@ def check_parity(
     params = variables.get("params", {})
     others = {k: v for k, v in variables.items() if k != "params"}
 
-    def loss(params, xs):
+    def loss(params, float_xs):
+        xs = list(flax_inputs)
+        for i, x in zip(diff, float_xs, strict=True):
+            xs[i] = x
         out = flax_module.apply({**others, "params": params}, *xs)
         out = to_channels_first(out, output_layout)  # NHWC -> NCHW
         return jnp.sum(out * cotangent), out
 
     (_, flax_out), (g_params, g_inputs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-        params, flax_inputs
+        params, [flax_inputs[i] for i in diff]
     )
     flax_grads = {"params": g_params} if params else {}
-    for n, g, lay in zip(names, g_inputs, layouts, strict=True):
-        flax_grads[n] = to_channels_first(g, lay)  # NHWC -> NCHW
+    for i, g in zip(diff, g_inputs, strict=True):
+        flax_grads[names[i]] = to_channels_first(g, layouts[i])  # NHWC -> NCHW
     if not params:
         torch_grads.pop("params", None)
 

@@ -1,0 +1,253 @@
+"""Capture: a torch module's ``forward`` as a ``torch.export`` graph (default training IR,
+non-strict, eval mode), and the module calls in it as a tree.
+
+The graph is flat; each node's ``nn_module_stack`` names the module calls it ran inside, so
+the nodes group into calls (``Call``), one per module call (a module called twice is two
+calls, ``fc`` and ``fc@1``). A call of a module with a ``funcmod.nn`` twin
+(``funcmod.port.modules``) is a leaf: its nodes are the twin's business, and its exact
+arguments come from ``preserve_module_call_signature``. Every other call becomes code.
+
+``find_unsupported`` lists everything the porter cannot write, with the module path and the
+torch source line of each, before any code is generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from funcmod.convert import tied_parameters
+from funcmod.port.modules import ModuleSpec, module_spec_for
+from funcmod.port.ops import lookup_op
+
+__all__ = ["Call", "Captured", "UnsupportedError", "capture", "find_unsupported", "source_line"]
+
+_VIEW_OPS = {
+    "view",
+    "slice",
+    "select",
+    "transpose",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "as_strided",
+    "diagonal",
+    "t",
+    "unflatten",
+    "narrow",
+    "alias",
+    "split",
+    "chunk",
+    "unbind",
+    "_unsafe_view",
+}
+
+
+class UnsupportedError(NotImplementedError):
+    """What the porter cannot write, every item with its module path and torch source line.
+
+    Attributes:
+      items: ``(what, module path, source line)`` triples.
+    """
+
+    def __init__(self, items: list[tuple[str, str, str]]):
+        self.items = items
+        lines = [f"  {what}  in {path or '<root>'}  at {where}" for what, path, where in items]
+        super().__init__(
+            f"cannot port {len(items)} op(s)/module(s); extend the porter with "
+            "funcmod.port.register_op / register_module:\n" + "\n".join(lines)
+        )
+
+
+@dataclass
+class Call:
+    """One module call: its nodes and child calls in graph order (``items``)."""
+
+    path: str  # the module's path in the model ('' for the root)
+    key: tuple[str, ...]  # the nn_module_stack keys to this call (unique per call)
+    module: nn.Module
+    spec: ModuleSpec | None  # the twin, for a leaf call
+    items: list[Any] = field(default_factory=list)  # torch.fx.Node | Call
+    signature: Any = None  # torch.export ModuleCallSignature of a twin call
+
+    @property
+    def call_id(self) -> str:
+        return self.key[-1] if self.key else ""
+
+    def nodes(self):
+        """Every node in this call and its children."""
+        for item in self.items:
+            if isinstance(item, Call):
+                yield from item.nodes()
+            else:
+                yield item
+
+    def calls(self):
+        yield self
+        for item in self.items:
+            if isinstance(item, Call):
+                yield from item.calls()
+
+
+@dataclass
+class Captured:
+    model: nn.Module
+    program: Any  # torch.export.ExportedProgram
+    root: Call
+    tied: dict[str, str]  # alias state_dict key -> the key holding the tensor
+    inputs: dict[str, tuple[str, str]]  # placeholder name -> (kind, torch target)
+    user_inputs: list[str]
+    twins: dict[str, ModuleSpec]  # module path -> twin, for leaf modules
+
+
+def source_line(node: torch.fx.Node) -> str:
+    """``file:line: code`` of the innermost torch source frame that made ``node``."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = [ln.strip() for ln in trace.strip().splitlines()]
+    frames = [
+        (lines[i], lines[i + 1] if i + 1 < len(lines) else "")
+        for i in range(len(lines))
+        if lines[i].startswith("File ")
+    ]
+    if not frames:
+        return "<unknown source>"
+    head, code = frames[-1]
+    parts = head.split(",")
+    where = parts[0][len('File "') :].rstrip('"') + ":" + parts[1].strip().removeprefix("line ")
+    return f"{where}: {code}"
+
+
+def _twin_paths(model: nn.Module, tied: dict[str, str]) -> dict[str, ModuleSpec]:
+    """Modules that become twins: a registered class, not parametrized, owning no tied alias,
+    not inside another twin."""
+    out: dict[str, ModuleSpec] = {}
+
+    def visit(module: nn.Module, path: str) -> None:
+        spec = module_spec_for(module)
+        prefix = f"{path}." if path else ""
+        aliased = any(k.startswith(prefix) and k.count(".") == prefix.count(".") for k in tied)
+        parametrized = torch.nn.utils.parametrize.is_parametrized(module)
+        if spec is not None and path and not aliased and not parametrized:
+            out[path] = spec
+            return
+        for name, child in module.named_children():
+            visit(child, f"{prefix}{name}")
+
+    visit(model, "")
+    return out
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict, preserve: tuple[str, ...]):
+    return torch.export.export(
+        model, args, kwargs, strict=False, preserve_module_call_signature=preserve
+    )
+
+
+def capture(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Captured:
+    """Export ``model`` (in eval mode, restored afterwards) and group its graph into calls."""
+    kwargs = dict(kwargs or {})
+    tied = tied_parameters(model)
+    twins = _twin_paths(model, tied)
+    was_training = model.training
+    model.eval()
+    try:
+        program = _export(model, tuple(args), kwargs, tuple(twins))
+    finally:
+        model.train(was_training)
+    signatures = {e.fqn: e.signature for e in program.module_call_graph if e.fqn}
+    sig = program.graph_signature
+    inputs = {
+        s.arg.name: (s.kind.name, s.target) for s in sig.input_specs if hasattr(s.arg, "name")
+    }
+    root = Call("", (), model, None)
+    by_key: dict[tuple[str, ...], Call] = {(): root}
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        stack = list((node.meta.get("nn_module_stack") or {}).items())
+        if stack and stack[0][1][0] == "":
+            stack = stack[1:]
+        call, key = root, ()
+        for k, (path, _) in stack:
+            if call.spec is not None:
+                break
+            key = (*key, k)
+            child = by_key.get(key)
+            if child is None:
+                spec = twins.get(path)
+                child = Call(path, key, model.get_submodule(path), spec)
+                if spec is not None:
+                    fqn = path + (k[k.index("@") :] if "@" in k else "")
+                    child.signature = signatures.get(fqn)
+                by_key[key] = child
+                call.items.append(child)
+            call = child
+        call.items.append(node)
+    user_inputs = [s.arg.name for s in sig.input_specs if s.kind.name == "USER_INPUT"]
+    return Captured(model, program, root, tied, inputs, user_inputs, twins)
+
+
+def _is_view_result(node: Any) -> bool:
+    if not isinstance(node, torch.fx.Node) or node.op != "call_function":
+        return False
+    name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+    return name in _VIEW_OPS
+
+
+def find_unsupported(cap: Captured) -> list[tuple[str, str, str]]:
+    """Every node and module the porter cannot write: ``(what, module path, source line)``."""
+    found: list[tuple[str, str, str]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(what: str, path: str, where: str) -> None:
+        if (what, path) not in seen:
+            seen.add((what, path))
+            found.append((what, path, where))
+
+    for call in cap.root.calls():
+        if call.spec is not None:
+            if call.signature is None and not _single_input(call):
+                add(
+                    f"module {type(call.module).__name__} (call signature not captured)",
+                    call.path,
+                    _first_line(call),
+                )
+            try:
+                call.spec.arguments(call.module)
+            except (NotImplementedError, ValueError) as e:
+                add(f"module {type(call.module).__name__}: {e}", call.path, _first_line(call))
+            continue
+        for item in call.items:
+            if isinstance(item, Call):
+                continue
+            entry = lookup_op(item.target)
+            if entry is None:
+                add(f"op {_target_name(item.target)}", call.path, source_line(item))
+            elif entry.inplace and _is_view_result(item.args[0] if item.args else None):
+                add(f"in-place {_target_name(item.target)} on a view", call.path, source_line(item))
+    return found
+
+
+def _single_input(call: Call) -> bool:
+    inside = set(call.nodes())
+    outer = {
+        a for n in inside for a in n.all_input_nodes if a not in inside and a.op != "placeholder"
+    }
+    users = {a for n in inside for a in n.all_input_nodes if a not in inside}
+    return len(outer) <= 1 and len(users - outer) >= 0
+
+
+def _first_line(call: Call) -> str:
+    node = next(iter(call.nodes()), None)
+    return source_line(node) if node is not None else "<no nodes>"
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target.__name__}" if target.namespace == "aten" else str(target)
+    return getattr(target, "__qualname__", None) or str(target)

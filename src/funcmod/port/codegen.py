@@ -1,0 +1,400 @@
+"""Code generation: a captured graph (``funcmod.port.capture``) as Flax Linen source.
+
+One Linen class per torch module with its own ``forward`` (same class name; instances whose
+code differs get ``Name_1``, ``Name_2``), declaring its children in ``setup`` under the torch
+attribute names (``nn.Sequential``'s children as ``layers``, ``ModuleList``/``ModuleDict``
+attributes as Python lists/dicts: the names ``funcmod.convert`` gives), so the variables
+``torch_to_flax`` returns load without renaming. A child with a ``funcmod.nn`` twin is that twin,
+built with the torch module's constructor arguments. ``__call__`` has one statement per graph
+node (named after torch's nodes, per class), a shape comment on every layout change, and a
+``train: bool = False`` keyword when something inside depends on it. Inputs and outputs are in
+PyTorch's layout.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import keyword
+import re
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from torch import nn
+
+import funcmod.port.ops_nn
+import funcmod.port.ops_shape
+import funcmod.port.ops_tensor  # noqa: F401  (the three register the emitters)
+from funcmod.port.capture import Call, Captured, source_line
+from funcmod.port.declare import ClassDef, State, attr_expr, declarations
+from funcmod.port.ops import DROP, OpCall, Same, Var, lookup_op, render
+from funcmod.port.params import TensorRef, constant_source, resolve
+
+__all__ = ["HEADER", "CodegenError", "generate"]
+
+HEADER = """import jax
+import jax.numpy as jnp
+from flax import linen
+
+from funcmod import nn
+from funcmod.nn import functional as F
+"""
+_RESERVED = {"self", "train", "jnp", "jax", "F", "nn", "linen", "float", "int", "bool", "list"}
+
+
+class CodegenError(NotImplementedError):
+    """A structure the generator cannot write (listed with module paths)."""
+
+
+def _dtype_writer(capture_float: torch.dtype):
+    def write(dtype: torch.dtype) -> str:
+        if dtype == capture_float:
+            return "float"
+        if dtype == torch.int64:
+            return "int"
+        if dtype == torch.bool:
+            return "bool"
+        return "jnp." + str(dtype).removeprefix("torch.")
+
+    return write
+
+
+class _Namer:
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        base = re.sub(r"_\d+$", "", base).strip("_") or "v"
+        base = re.sub(r"\W", "_", base)
+        if base[0].isdigit():
+            base = "v" + base
+        name, i = base, 1
+        while (
+            name in self.used
+            or name in _RESERVED
+            or keyword.iskeyword(name)
+            or (hasattr(builtins, name))
+        ):
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+
+def _graph_index(cap: Captured) -> dict[torch.fx.Node, int]:
+    return {n: i for i, n in enumerate(cap.program.graph.nodes)}
+
+
+def _interface(call: Call, order: dict) -> tuple[list, list]:
+    inside = set(call.nodes())
+    ins = {a for n in inside for a in n.all_input_nodes if a not in inside}
+    ins = sorted((a for a in ins if a.op != "placeholder" or _is_user(a)), key=order.get)
+    outs = sorted((n for n in inside if any(u not in inside for u in n.users)), key=order.get)
+    return ins, outs
+
+
+def _is_user(node: torch.fx.Node) -> bool:
+    return node.meta.get("_port_user", False)
+
+
+def _needs_train(call: Call) -> bool:
+    if not call.spec.takes_train():
+        return False
+    m = call.module
+    for attr in ("p", "dropout"):
+        v = getattr(m, attr, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0:
+            return False
+        if isinstance(v, nn.Dropout) and v.p == 0:
+            return False
+    return True
+
+
+def _resolve_all(st: State) -> None:
+    cap = st.cap
+    program = cap.program
+    values = {**program.state_dict, **program.constants}
+    for name, (kind, target) in cap.inputs.items():
+        if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+            try:
+                ref = resolve(cap.model, kind, target, cap.tied, values[target])
+            except NotImplementedError as e:
+                st.errors.append((str(e), target, ""))
+                continue
+            st.refs[name] = ref
+    # leaves read by generated code are declared by their (generated) owner
+    for call in cap.root.calls():
+        if call.spec is not None:
+            continue
+        for node in call.items:
+            if isinstance(node, Call):
+                continue
+            for a in node.all_input_nodes:
+                ref = st.refs.get(a.name)
+                if ref is not None and ref.kind == "variable" and ref.owner not in cap.twins:
+                    st.own.setdefault(ref.owner, {})[ref.leaf] = ref
+
+
+def _input_names(call: Call, count: int) -> list[str] | None:
+    try:
+        params = list(inspect.signature(call.module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names if len(names) == count else None
+
+
+def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False) -> ClassDef:
+    order = _graph_index(st.cap)
+    namer = _Namer()
+    env: dict[torch.fx.Node, str] = {}
+    lines: list[str] = []
+    needs_train = False
+    given = _input_names(call, len(ins)) if not root else [n.name for n in ins]
+    params = []
+    for i, node in enumerate(ins):
+        name = namer.fresh(given[i] if given else ("x" if len(ins) == 1 else node.name))
+        env[node] = name
+        params.append(name)
+
+    def value(node: torch.fx.Node) -> str:
+        if node in env:
+            return env[node]
+        ref = st.refs.get(node.name)
+        if ref is None:
+            st.errors.append(
+                (f"value {node.name} is not available here", call.path, source_line(node))
+            )
+            return "None"
+        env[node] = _read(st, call, node, ref, namer, lines)
+        return env[node]
+
+    def arg(a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            return Var(value(a))
+        if isinstance(a, (list, tuple)):
+            return type(a)(arg(x) for x in a)
+        return a
+
+    for item in call.items:
+        if isinstance(item, Call):
+            needs_train |= _emit_child(st, call, item, order, env, namer, lines, arg)
+            continue
+        node = item
+        entry = lookup_op(node.target)
+        if entry is None:
+            continue  # listed by find_unsupported
+        c = OpCall(
+            node, arg(tuple(node.args)), {k: arg(v) for k, v in node.kwargs.items()}, st.dtypes
+        )
+        try:
+            result = entry.emitter(c)
+        except Exception as e:  # an emitter that cannot handle these arguments
+            st.errors.append((f"op {node.target}: {e}", call.path, source_line(node)))
+            continue
+        needs_train |= c.uses_train
+        if result is DROP:
+            continue
+        if isinstance(result, Same):
+            env[node] = render(result.value, st.dtypes)
+        else:
+            name = namer.fresh(node.name)
+            comment = ""
+            if entry.shape_comment:
+                comment = f"  # {_shape(c.in_shape(0))} -> {_shape(c.shape)}"
+            lines.append(f"{name} = {result}{comment}")
+            env[node] = name
+        if entry.inplace and node.args and isinstance(node.args[0], torch.fx.Node):
+            env[node.args[0]] = env[node]
+    ret = _return(outs, env, root, st)
+    decls = declarations(st, call)
+    sig = ", ".join(["self", *params])
+    if needs_train:
+        sig += ", *, train: bool = False"
+    body = ["    def setup(self):", *(f"        {d}" for d in decls)] if decls else []
+    if ins or call.items or root:
+        body += [f"    def __call__({sig}):", *(f"        {ln}" for ln in lines), f"        {ret}"]
+    torch_name = type(call.module).__name__
+    doc = f'    """Port of ``{_qualname(call.module)}``."""'
+    text = "\n".join([doc, *body])
+    key = (torch_name, text)
+    if key in st.by_text:
+        return st.by_text[key]
+    taken = sum(1 for k in st.by_text if k[0] == torch_name)
+    cls = ClassDef(torch_name if not taken else f"{torch_name}_{taken}", text, needs_train)
+    st.classes.append(cls)
+    st.by_text[key] = cls
+    return cls
+
+
+def _qualname(m: nn.Module) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _read(st: State, call: Call, node, ref: TensorRef, namer: _Namer, lines: list[str]) -> str:
+    if ref.kind == "constant":
+        src = constant_source(ref.value, st.dtypes(ref.value.dtype))
+        if src is None:
+            st.errors.append(
+                (
+                    f"constant {node.name} {tuple(ref.value.shape)} is too large to write",
+                    call.path,
+                    "",
+                )
+            )
+            return "None"
+        name = namer.fresh(node.name.removeprefix("c_").removeprefix("b_"))
+        lines.append(f"{name} = {src}")
+        return name
+    if ref.owner == call.path:
+        expr = f"self.{ref.leaf}"
+    elif ref.owner.startswith(f"{call.path}." if call.path else ""):
+        target = attr_expr(st.cap.model, call.path, ref.owner)
+        if ref.owner in st.cap.twins:
+            expr = f"{target}.variables[{ref.collection!r}][{ref.leaf!r}]"
+        else:
+            expr = f"{target}.{ref.leaf}"
+    else:
+        st.errors.append(
+            (f"{node.name} belongs to {ref.owner!r}, outside this module", call.path, "")
+        )
+        return "None"
+    if ref.collection != "params" and ref.owner not in st.cap.twins:
+        expr += ".value"
+    if ref.perm is None:
+        return expr
+    inv = tuple(sorted(range(len(ref.perm)), key=lambda i: ref.perm[i]))
+    name = namer.fresh(node.name.removeprefix("p_"))
+    lines.append(f"{name} = jnp.transpose({expr}, {inv})  # Flax layout -> torch's")
+    return name
+
+
+def _emit_child(st, call, child: Call, order, env, namer, lines, arg) -> bool:
+    target = attr_expr(st.cap.model, call.path, child.path)
+    base = child.path.rsplit(".", 1)[-1]
+    if base.isdigit():  # the Flax name: layers_0 in a Sequential, blocks_0 in a ModuleList
+        parent = st.cap.model.get_submodule(child.path.rpartition(".")[0])
+        last = child.path.rpartition(".")[0].rpartition(".")[2] or "layers"
+        base = f"layers_{base}" if isinstance(parent, nn.Sequential) else f"{last}_{base}"
+    if child.spec is not None:
+        train = _needs_train(child)
+        sig = child.signature
+        if sig is not None:
+            flat = []
+            for a in sig.inputs:
+                name = getattr(a, "name", "")
+                node = next((n for n in child_nodes_inputs(st, name)), None) if name else None
+                flat.append(
+                    Var(env.get(node) or _lookup(node, env, arg)) if node is not None else a.value
+                )
+            args, kwargs = pytree.tree_unflatten(flat, sig.in_spec)
+            parts = [render(a, st.dtypes) for a in args]
+            parts += [f"{k}={render(v, st.dtypes)}" for k, v in kwargs.items()]
+            out_nodes = [st_node(st, getattr(o, "name", None)) for o in sig.outputs]
+            out_spec = sig.out_spec
+        else:
+            ins, outs = _interface(child, order)
+            parts = [str(arg(n)) for n in ins]
+            out_nodes, out_spec = outs, None
+        if train:
+            parts.append("train=train")
+        pattern = _pattern(out_nodes, out_spec, base, namer, env)
+        lines.append(f"{pattern} = {target}({', '.join(parts)})")
+        return train
+    ins, outs = _interface(child, order)
+    if child.path not in st.by_path:
+        st.by_path[child.path] = _emit_class(st, child, ins, outs)
+    cls = st.by_path[child.path]
+    parts = [str(arg(n)) for n in ins]
+    if cls.needs_train:
+        parts.append("train=train")
+    pattern = _pattern(outs, None, base, namer, env)
+    lines.append(f"{pattern} = {target}({', '.join(parts)})")
+    return cls.needs_train
+
+
+def child_nodes_inputs(st: State, name: str):
+    node = st_node(st, name)
+    return [node] if node is not None else []
+
+
+def st_node(st: State, name: str | None):
+    if not name:
+        return None
+    if not hasattr(st, "_nodes"):
+        st._nodes = {n.name: n for n in st.cap.program.graph.nodes}
+    return st._nodes.get(name)
+
+
+def _lookup(node, env, arg) -> str:
+    return str(arg(node))
+
+
+def _pattern(out_nodes: list, out_spec: Any, base: str, namer: _Namer, env: dict) -> str:
+    names = []
+    for i, n in enumerate(out_nodes):
+        if n is None:
+            names.append("_")
+            continue
+        name = namer.fresh(base if i == 0 else f"{base}_{i}")
+        env[n] = name
+        names.append(name)
+    if out_spec is None:
+        return ", ".join(names) if len(names) != 1 else names[0]
+    tree = pytree.tree_unflatten(names, out_spec)
+    return _render_target(tree, top=True)
+
+
+def _render_target(tree: Any, top: bool = False) -> str:
+    if isinstance(tree, (tuple, list)):
+        inner = ", ".join(_render_target(t) for t in tree)
+        return inner if top else f"({inner})"
+    return str(tree)
+
+
+def _return(outs: Any, env: dict, root: bool, st: State) -> str:
+    def val(n):
+        return env.get(n, "None") if isinstance(n, torch.fx.Node) else repr(n)
+
+    if root:
+        tree = outs
+        flat, spec = pytree.tree_flatten(tree)
+        rendered = pytree.tree_unflatten([Var(val(n)) for n in flat], spec)
+        text = rendered.name if isinstance(rendered, Var) else render(rendered, st.dtypes)
+        return f"return {text}"
+    names = [val(n) for n in outs]
+    return f"return {', '.join(names)}" if names else "return None"
+
+
+def generate(cap: Captured) -> tuple[str, str]:
+    """The module source (without imports) and the root class's name.
+
+    Raises:
+      CodegenError: structures the generator cannot write, each with its module path.
+    """
+    params = [p for p in cap.model.parameters() if p.is_floating_point()]
+    capture_float = params[0].dtype if params else torch.float32
+    st = State(cap, _dtype_writer(capture_float))
+    _resolve_all(st)
+    placeholders = {n.name: n for n in cap.program.graph.nodes if n.op == "placeholder"}
+    ins = [placeholders[name] for name in cap.user_inputs]
+    for n in ins:
+        n.meta["_port_user"] = True
+    out_node = next(n for n in cap.program.graph.nodes if n.op == "output")
+    specs = cap.program.graph_signature.output_specs
+    flat_outs = [
+        a for a, s in zip(out_node.args[0], specs, strict=True) if s.kind.name == "USER_OUTPUT"
+    ]
+    out_spec = cap.program.call_spec.out_spec
+    outs = pytree.tree_unflatten(flat_outs, out_spec) if out_spec is not None else flat_outs[0]
+    root = _emit_class(st, cap.root, ins, outs, root=True)
+    if st.errors:
+        lines = [f"  {what}  in {path or '<root>'}  {where}" for what, path, where in st.errors]
+        raise CodegenError("cannot generate:\n" + "\n".join(lines))
+    blocks = [f"class {c.name}(linen.Module):\n{c.text}\n" for c in st.classes]
+    return "\n\n".join(blocks), root.name

@@ -1,0 +1,231 @@
+"""Emitters for elementwise tensor ops: arithmetic, comparisons, unary math, ``where``, casts
+and the no-ops ``torch.export`` leaves in a graph (registered on import; shapes, reductions and
+creation are in ``funcmod.port.ops_shape``).
+
+Conventions: torch's dims may be negative, so are jnp's axes; a cast to the capture's float
+dtype is written ``astype(float)`` (``funcmod.port.ops.OpCall.dtypes``); binary ops cast a tensor
+operand whose dtype differs from the result's, since JAX's strict promotion would refuse what
+torch promotes silently.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from funcmod.port.ops import DROP, OpCall, Same, Var, register_op
+
+__all__: list[str] = []  # registers emitters in funcmod.port.ops.OPS
+
+aten = torch.ops.aten
+
+
+def _operand(c: OpCall, value, dtype: torch.dtype | None) -> str:
+    """``value`` as source, cast to ``dtype`` when it is a tensor of another dtype."""
+    if isinstance(value, Var) and dtype is not None:
+        node = next((a for a in c.node.all_input_nodes if a.name == value.name), None)
+        v = node.meta.get("val") if node is not None else None
+        if isinstance(v, torch.Tensor) and v.dtype != dtype:
+            return f"{value.name}.astype({c.dtypes(dtype)})"
+    return c.r(value)
+
+
+def _promoted(c: OpCall) -> torch.dtype | None:
+    vals = [a.meta.get("val") for a in c.node.all_input_nodes]
+    tensors = [v for v in vals if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return None
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = torch.empty((), dtype=torch.promote_types(out.dtype, t.dtype))
+    return out.dtype
+
+
+def _binary(symbol: str, compare: bool = False):
+    def emit(c: OpCall) -> str:
+        dtype = _promoted(c) if compare else c.dtype
+        a, b = _operand(c, c.arg(0), dtype), _operand(c, c.arg(1), dtype)
+        alpha = c.kwargs.get("alpha", 1)
+        if alpha != 1:
+            b = f"{c.r(alpha)} * {b}"
+        return f"{a} {symbol} {b}"
+
+    return emit
+
+
+def _func(name: str, *extra: str):
+    def emit(c: OpCall) -> str:
+        cast = c.dtype if c.dtype is not None and c.dtype.is_floating_point else None
+        args = [_operand(c, a, cast) if isinstance(a, Var) else c.r(a) for a in c.args]
+        return f"{name}({', '.join([*args, *extra])})"
+
+    return emit
+
+
+for _op, _sym in [
+    (aten.add, "+"),
+    (aten.sub, "-"),
+    (aten.mul, "*"),
+    (aten.multiply, "*"),
+    (aten.div.Tensor, "/"),
+    (aten.div.Scalar, "/"),
+    (aten.floor_divide, "//"),
+    (aten.remainder, "%"),
+    (aten.pow.Tensor_Scalar, "**"),
+    (aten.pow.Tensor_Tensor, "**"),
+    (aten.pow.Scalar, "**"),
+    (aten.__and__, "&"),
+    (aten.__or__, "|"),
+    (aten.bitwise_and, "&"),
+    (aten.bitwise_or, "|"),
+    (aten.logical_and, "&"),
+    (aten.logical_or, "|"),
+]:
+    register_op(_op, _binary(_sym))
+for _op, _sym in [
+    (aten.eq, "=="),
+    (aten.ne, "!="),
+    (aten.lt, "<"),
+    (aten.le, "<="),
+    (aten.gt, ">"),
+    (aten.ge, ">="),
+]:
+    register_op(_op, _binary(_sym, compare=True))
+for _op, _sym in [(aten.add_, "+"), (aten.sub_, "-"), (aten.mul_, "*"), (aten.div_.Tensor, "/")]:
+    register_op(_op, _binary(_sym), inplace=True)
+register_op(aten.div_.Scalar, _binary("/"), inplace=True)
+register_op(aten.rsub.Scalar, lambda c: f"{c.r(c.arg(1))} - {c[0]}")
+register_op(aten.rsub.Tensor, lambda c: f"{c[1]} - {c[0]}")
+
+
+def _div_mode(c: OpCall) -> str:
+    mode = c.kwargs.get("rounding_mode", c.arg(2))
+    a, b = _operand(c, c.arg(0), c.dtype), _operand(c, c.arg(1), c.dtype)
+    if mode == "floor":
+        return f"{a} // {b}" if not c.dtype.is_floating_point else f"jnp.floor({a} / {b})"
+    if mode == "trunc":
+        return f"jnp.trunc({a} / {b}).astype({c.dtypes(c.dtype)})"
+    return f"{a} / {b}"
+
+
+register_op(aten.div.Tensor_mode, _div_mode)
+register_op(aten.div.Scalar_mode, _div_mode)
+
+_UNARY = {
+    aten.neg: "jnp.negative",
+    aten.abs: "jnp.abs",
+    aten.exp: "jnp.exp",
+    aten.log: "jnp.log",
+    aten.log1p: "jnp.log1p",
+    aten.expm1: "jnp.expm1",
+    aten.sqrt: "jnp.sqrt",
+    aten.rsqrt: "jax.lax.rsqrt",
+    aten.sin: "jnp.sin",
+    aten.cos: "jnp.cos",
+    aten.tan: "jnp.tan",
+    aten.acos: "jnp.arccos",
+    aten.asin: "jnp.arcsin",
+    aten.atan: "jnp.arctan",
+    aten.tanh: "jnp.tanh",
+    aten.sigmoid: "jax.nn.sigmoid",
+    aten.erf: "jax.scipy.special.erf",
+    aten.reciprocal: "jnp.reciprocal",
+    aten.square: "jnp.square",
+    aten.sign: "jnp.sign",
+    aten.floor: "jnp.floor",
+    aten.ceil: "jnp.ceil",
+    aten.round: "jnp.round",
+    aten.trunc: "jnp.trunc",
+    aten.bitwise_not: "jnp.logical_not",
+    aten.logical_not: "jnp.logical_not",
+    aten.isnan: "jnp.isnan",
+    aten.isinf: "jnp.isinf",
+}
+for _op, _fn in _UNARY.items():
+    register_op(_op, _func(_fn))
+for _op, _fn in [
+    (aten.neg_, "jnp.negative"),
+    (aten.exp_, "jnp.exp"),
+    (aten.sigmoid_, "jax.nn.sigmoid"),
+]:
+    register_op(_op, _func(_fn), inplace=True)
+register_op(
+    aten.bitwise_not, lambda c: f"~{c[0]}" if c.dtype != torch.bool else f"jnp.logical_not({c[0]})"
+)
+register_op(aten.atan2, _func("jnp.arctan2"))
+register_op(aten.maximum, _func("jnp.maximum"))
+register_op(aten.minimum, _func("jnp.minimum"))
+register_op(aten.max.other, _func("jnp.maximum"))
+register_op(aten.min.other, _func("jnp.minimum"))
+
+
+def _clamp(c: OpCall) -> str:
+    lo, hi = c.arg(1, "min"), c.arg(2, "max")
+    return f"jnp.clip({c[0]}, {c.r(lo)}, {c.r(hi)})"
+
+
+register_op(aten.clamp.default, _clamp)
+register_op(aten.clamp.Tensor, _clamp)
+register_op(aten.clamp_.default, _clamp, inplace=True)
+register_op(aten.clamp_min, lambda c: f"jnp.maximum({c[0]}, {c[1]})")
+register_op(aten.clamp_max, lambda c: f"jnp.minimum({c[0]}, {c[1]})")
+register_op(aten.clamp_min_, lambda c: f"jnp.maximum({c[0]}, {c[1]})", inplace=True)
+
+
+def _where(c: OpCall) -> str:
+    a, b = _operand(c, c.arg(1), c.dtype), _operand(c, c.arg(2), c.dtype)
+    return f"jnp.where({c[0]}, {a}, {b})"
+
+
+register_op(aten.where.self, _where)
+register_op(aten.where.ScalarOther, _where)
+register_op(aten.where.ScalarSelf, _where)
+register_op(aten.where.Scalar, _where)
+register_op(aten.masked_fill.Scalar, lambda c: f"jnp.where({c[1]}, {c[2]}, {c[0]})")
+register_op(aten.masked_fill_.Scalar, lambda c: f"jnp.where({c[1]}, {c[2]}, {c[0]})", inplace=True)
+register_op(
+    aten.masked_fill.Tensor,
+    lambda c: f"jnp.where({c[1]}, {c[2]}.astype({c[0]}.dtype), {c[0]})",
+)
+
+# --- no-ops and casts ----------------------------------------------------------------------------
+
+for _op in [
+    aten._assert_tensor_metadata,
+    aten._assert_scalar,
+    aten.sym_constrain_range_for_size,
+    aten.sym_constrain_range,
+    aten._assert_async,
+]:
+    register_op(_op, lambda c: DROP)
+for _op in [aten.contiguous, aten.alias, aten.clone, aten.detach, aten.lift_fresh_copy]:
+    register_op(_op, lambda c: Same(c.arg(0)))
+register_op(aten.detach_, lambda c: Same(c.arg(0)), inplace=True)
+
+
+def _cast(c: OpCall):
+    if c.dtype is None or c.dtype == c.in_dtype(0):
+        return Same(c.arg(0))
+    return f"{c[0]}.astype({c.dtypes(c.dtype)})"
+
+
+for _op in [aten.to, aten._to_copy, aten.type_as]:
+    register_op(_op, _cast)
+register_op(operator.getitem, lambda c: f"{c[0]}[{c[1]}]")
+register_op(aten.sym_size.int, lambda c: f"{c[0]}.shape[{c[1]}]")
+for _fn, _sym in [
+    (operator.add, "+"),
+    (operator.sub, "-"),
+    (operator.mul, "*"),
+    (operator.floordiv, "//"),
+    (operator.truediv, "/"),
+    (operator.mod, "%"),
+    (operator.eq, "=="),
+    (operator.ne, "!="),
+    (operator.lt, "<"),
+    (operator.le, "<="),
+    (operator.gt, ">"),
+    (operator.ge, ">="),
+]:
+    register_op(_fn, lambda c, s=_sym: f"{c[0]} {s} {c[1]}")
