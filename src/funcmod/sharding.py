@@ -60,6 +60,7 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS
 
 
 def check_axis(mesh: Mesh, axis: str) -> None:
+    """Raise ValueError, naming the mesh's axes, unless ``mesh`` has an axis named ``axis``."""
     if axis not in mesh.axis_names:
         raise ValueError(f"mesh has axes {mesh.axis_names}; expected one named {axis!r}")
 

@@ -48,19 +48,23 @@ __all__ = [
 
 
 def relu(x: jax.Array) -> jax.Array:
+    """``F.relu``: ``max(x, 0)``, elementwise; the gradient at 0 is 0, as torch's."""
     return jax.nn.relu(x)
 
 
 def relu6(x: jax.Array) -> jax.Array:
+    """``F.relu6``: ``min(max(x, 0), 6)``, elementwise."""
     # torch's hardtanh(0, 6): gradient 0 at both kinks, as jnp.clip's
     return jnp.clip(x, 0.0, 6.0)
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+    """``F.leaky_relu``: ``x`` where ``x > 0``, else ``negative_slope * x``."""
     return jnp.where(x > 0, x, x * negative_slope)
 
 
 def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
+    """``F.elu``: ``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``."""
     # expm1 on the clamped input: no overflow in the discarded branch, so no NaN gradient
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0.0)))
 
@@ -74,10 +78,12 @@ def gelu(x: jax.Array, approximate: str = "none") -> jax.Array:
 
 
 def silu(x: jax.Array) -> jax.Array:
+    """``F.silu`` (swish): ``x * sigmoid(x)``."""
     return x * jax.nn.sigmoid(x)
 
 
 def mish(x: jax.Array) -> jax.Array:
+    """``F.mish``: ``x * tanh(softplus(x))``."""
     return x * jnp.tanh(jax.nn.softplus(x))
 
 
@@ -89,6 +95,8 @@ _ONE_SIXTH_F32 = float(np.float32(1.0) / np.float32(6.0))
 
 @jax.custom_jvp
 def hardsigmoid(x: jax.Array) -> jax.Array:
+    """``F.hardsigmoid``: ``clip(x + 3, 0, 6) / 6``; its derivative is torch's float32 1/6
+    inside (-3, 3) in every dtype, 0 outside."""
     return jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
 
 
@@ -100,14 +108,17 @@ def _hardsigmoid_jvp(primals, tangents):
 
 
 def hardswish(x: jax.Array) -> jax.Array:
+    """``F.hardswish``: ``x * clip(x + 3, 0, 6) / 6``."""
     return x * (jnp.clip(x + 3.0, 0.0, 6.0) / 6.0)
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
+    """``torch.sigmoid``: ``1 / (1 + exp(-x))``."""
     return jax.nn.sigmoid(x)
 
 
 def tanh(x: jax.Array) -> jax.Array:
+    """``torch.tanh``."""
     return jnp.tanh(x)
 
 
@@ -121,10 +132,14 @@ def _softmax_dim(ndim: int, dim: int | None) -> int:
 
 
 def softmax(x: jax.Array, dim: int | None = None) -> jax.Array:
+    """``F.softmax`` over axis ``dim``; ``dim=None`` picks the axis as torch's deprecated
+    implicit rule does (0 for 0-, 1- and 3-d inputs, else 1). Raises ValueError for a ``dim``
+    out of range."""
     return jax.nn.softmax(x, axis=_softmax_dim(x.ndim, dim))
 
 
 def log_softmax(x: jax.Array, dim: int | None = None) -> jax.Array:
+    """``F.log_softmax`` over axis ``dim``, chosen as for ``softmax``."""
     return jax.nn.log_softmax(x, axis=_softmax_dim(x.ndim, dim))
 
 
@@ -144,18 +159,24 @@ def prelu(x: jax.Array, weight: jax.Array) -> jax.Array:
 
 
 class ReLU(nn.Module):
+    """``torch.nn.ReLU``: ``relu``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return relu(x)
 
 
 class ReLU6(nn.Module):
+    """``torch.nn.ReLU6``: ``relu6``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return relu6(x)
 
 
 class LeakyReLU(nn.Module):
+    """``torch.nn.LeakyReLU(negative_slope=0.01)``: ``leaky_relu``, elementwise."""
+
     negative_slope: float = 0.01
 
     @nn.compact
@@ -164,6 +185,8 @@ class LeakyReLU(nn.Module):
 
 
 class ELU(nn.Module):
+    """``torch.nn.ELU(alpha=1.0)``: ``elu``, elementwise."""
+
     alpha: float = 1.0
 
     @nn.compact
@@ -172,6 +195,9 @@ class ELU(nn.Module):
 
 
 class GELU(nn.Module):
+    """``torch.nn.GELU(approximate='none')``: ``gelu``, the exact erf form unless
+    ``approximate='tanh'``."""
+
     approximate: str = "none"
 
     @nn.compact
@@ -180,42 +206,57 @@ class GELU(nn.Module):
 
 
 class SiLU(nn.Module):
+    """``torch.nn.SiLU``: ``silu``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return silu(x)
 
 
 class Mish(nn.Module):
+    """``torch.nn.Mish``: ``mish``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return mish(x)
 
 
 class Hardswish(nn.Module):
+    """``torch.nn.Hardswish``: ``hardswish``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return hardswish(x)
 
 
 class Hardsigmoid(nn.Module):
+    """``torch.nn.Hardsigmoid``: ``hardsigmoid``, elementwise, with torch's gradient."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return hardsigmoid(x)
 
 
 class Sigmoid(nn.Module):
+    """``torch.nn.Sigmoid``: ``sigmoid``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return sigmoid(x)
 
 
 class Tanh(nn.Module):
+    """``torch.nn.Tanh``: ``tanh``, elementwise."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return tanh(x)
 
 
 class Softmax(nn.Module):
+    """``torch.nn.Softmax(dim=None)``: ``softmax`` along ``dim`` (``None``: torch's implicit
+    choice)."""
+
     dim: int | None = None
 
     @nn.compact
@@ -224,6 +265,8 @@ class Softmax(nn.Module):
 
 
 class LogSoftmax(nn.Module):
+    """``torch.nn.LogSoftmax(dim=None)``: ``log_softmax`` along ``dim``."""
+
     dim: int | None = None
 
     @nn.compact

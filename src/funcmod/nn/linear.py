@@ -106,6 +106,8 @@ def dropout(
 
 
 class Identity(nn.Module):
+    """``torch.nn.Identity``: returns its input unchanged."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return x

@@ -308,6 +308,8 @@ class AvgPool2d(_AvgPool):
 
 
 class AdaptiveAvgPool1d(nn.Module):
+    """``torch.nn.AdaptiveAvgPool1d``: (N, C, L) -> (N, C, output_size), torch's bins."""
+
     output_size: int
 
     @nn.compact
@@ -316,6 +318,9 @@ class AdaptiveAvgPool1d(nn.Module):
 
 
 class AdaptiveAvgPool2d(nn.Module):
+    """``torch.nn.AdaptiveAvgPool2d``: (N, C, H, W) -> (N, C, *output_size), torch's bins
+    (an int gives a square output)."""
+
     output_size: Any
 
     @nn.compact
@@ -347,6 +352,9 @@ class Upsample(nn.Module):
 
 
 class PixelShuffle(nn.Module):
+    """``torch.nn.PixelShuffle``: (N, C * r * r, H, W) -> (N, C, H * r, W * r), ``r`` the
+    ``upscale_factor``."""
+
     upscale_factor: int
 
     @nn.compact
