@@ -9,11 +9,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import linen as nn
 
 from funcmod.precision import x64_for as x64
 
-__all__ = ["BatchNormNet", "net_batches", "x64"]
+__all__ = ["BatchNormNet", "jitted_update", "net_batches", "x64"]
 
 
 class BatchNormNet(nn.Module):
@@ -54,3 +55,15 @@ def net_batches(n: int, dtype, batch: int = 16, seed: int = 0, features: int = 1
         )
         for _ in range(n)
     ]
+
+
+def jitted_update(tx: optax.GradientTransformation):
+    """``(grads, state, params) -> (new params, new state)``: one optax step, update and
+    ``apply_updates`` in one jitted call (eager ``apply_updates`` dispatches an op per leaf)."""
+
+    @jax.jit
+    def step(grads, state, params):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step

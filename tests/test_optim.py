@@ -7,31 +7,25 @@ compares the parameters, in float32 and float64.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from funcmod.articles import torch_models  # noqa: E402
 from funcmod.convert import torch_grads_to_flax, torch_to_flax  # noqa: E402
 from funcmod.optim import clip_grad_norm, from_torch, torch_adam  # noqa: E402
 from funcmod.tree import assert_trees_close, compare_trees  # noqa: E402
+from tests.helpers import jitted_update, x64  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
-# 30 updates from the same gradients: the two sides differ by rounding alone (XLA fuses
-# multiply-adds, torch does not), a few ulps per step.
+# 200 updates from the same gradients: the two sides differ by rounding alone (XLA fuses
+# multiply-adds, torch does not), a few ulps per step (the table: python -m tests.test_optim 200).
 UPDATE_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-14}
-STEPS = 30
-
-
-def x64(dtype) -> contextlib.AbstractContextManager:
-    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
+STEPS = 200
 
 
 def _two_groups_sgd(m):
@@ -133,7 +127,7 @@ def run_same_grads(make_optimizer, dtype, *, steps=STEPS, max_grad_norm=None, gr
     tx = from_torch(optimizer, module, max_grad_norm=max_grad_norm)
     params = torch_to_flax(module)["params"]
     opt_state = tx.init(params)
-    update = jax.jit(tx.update)
+    step = jitted_update(tx)
     rng = np.random.default_rng(0)
     for _ in range(steps):
         for p in module.parameters():
@@ -145,8 +139,7 @@ def run_same_grads(make_optimizer, dtype, *, steps=STEPS, max_grad_norm=None, gr
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
         optimizer.step()
-        updates, opt_state = update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = step(grads, opt_state, params)
     return params, torch_to_flax(module)["params"]
 
 
@@ -332,7 +325,7 @@ if __name__ == "__main__":
     # The error table: python -m tests.test_optim [steps]
     import sys
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else STEPS
     print(f"max relative parameter error after {n} steps (same gradients)")
     for case in sorted(CASES):
         row = []

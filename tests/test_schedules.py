@@ -11,18 +11,17 @@ torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from funcmod.articles import torch_models  # noqa: E402
 from funcmod.convert import torch_grads_to_flax, torch_to_flax  # noqa: E402
 from funcmod.optim import from_torch, schedule_from_torch  # noqa: E402
 from funcmod.tree import assert_trees_close  # noqa: E402
-from tests.helpers import x64  # noqa: E402
+from tests.helpers import jitted_update, x64  # noqa: E402
 
 S = torch.optim.lr_scheduler
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 UPDATE_RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
-STEPS = 60
+STEPS = 200
 
 
 def _sgd(m, **kw):
@@ -136,7 +135,7 @@ def run_with_scheduler(make_opt, make_sched, every, dtype, steps=STEPS):
     tx = from_torch(opt, module, scheduler=sched, scheduler_every=every, steps=steps)
     params = torch_to_flax(module)["params"]
     state = tx.init(params)
-    update = jax.jit(tx.update)
+    step = jitted_update(tx)
     rng = np.random.default_rng(0)
     for i in range(steps):
         for p in module.parameters():
@@ -145,8 +144,7 @@ def run_with_scheduler(make_opt, make_sched, every, dtype, steps=STEPS):
         opt.step()
         if (i + 1) % every == 0:
             sched.step()
-        updates, state = update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = step(grads, state, params)
     return params, torch_to_flax(module)["params"]
 
 
