@@ -1,9 +1,11 @@
-"""funcmod.nn.conv: the direct CPU convolution equals lax.conv_general_dilated, in value and in
-every derivative, falls back to it where it does not apply, and keeps the kernel gradient on XLA's
-standard convolution inside loops."""
+"""funcmod.nn.conv: every CPU lowering and every branch of the rule against torch (forward,
+input gradient, kernel gradient; float32 and float64), lax unchanged where the rule does not
+apply, forward mode, second order and vmap, and the kernel gradient on XLA's standard
+convolution layout inside loops."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -11,35 +13,133 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 from jax import lax
 
-from funcmod.articles import models
-from funcmod.nn.conv import MAX_DIRECT_TAPS, conv_general_dilated, direct_applies
+from funcmod.nn.conv import Plan, conv_general_dilated, conv_plan
+from funcmod.nn.conv_rule import LOWERINGS, RULE_BRANCHES, choose_plan, valid_lowerings
+from funcmod.precision import rtol
 from funcmod.train import create_train_state, make_train_epoch, make_train_step, mse
+from funcmod.tree import assert_trees_close
+from tests.helpers import x64
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
-PADDINGS = [((1, 1), (1, 1)), ((0, 2), (1, 0)), "SAME", "VALID"]
+DTYPES = [np.float32, np.float64]
 
 
-def _arrays(dtype, shape=(3, 7, 9, 3), kernel=(3, 3, 3, 5), seed=0):
+def _arrays(dtype, x_shape, k_shape, seed=0):
     rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal(shape).astype(dtype))  # (N, H, W, C)
-    k = jnp.asarray(rng.standard_normal(kernel).astype(dtype))  # (kh, kw, C, O)
+    x = rng.standard_normal(x_shape).astype(dtype)  # (N, H, W, C)
+    k = rng.standard_normal(k_shape).astype(dtype)  # (kh, kw, C/groups, O)
     return x, k
 
 
-def _close(a, b, dtype):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape and a.dtype == b.dtype
-    scale = max(float(np.max(np.abs(b))), 1e-30)
-    err = float(np.max(np.abs(a - b))) / scale
-    assert err <= RTOL[np.dtype(dtype)], f"max rel error {err:.2e}, shape {a.shape}"
+def _torch_conv(x, k, strides, pads, dilation, groups, ct):
+    """torch's conv2d of NHWC x and HWIO k, and its VJP with cotangent ct: (y, dx, dk) in the
+    same layouts."""
+    torch = pytest.importorskip("torch")
+    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_()  # NCHW
+    tk = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))).requires_grad_()  # OIHW
+    (top, bottom), (left, right) = pads
+    xp = torch.nn.functional.pad(tx, (left, right, top, bottom))  # explicit, possibly uneven
+    y = torch.nn.functional.conv2d(xp, tk, stride=strides, dilation=dilation, groups=groups)
+    y.backward(torch.from_numpy(np.ascontiguousarray(ct.transpose(0, 3, 1, 2))))
+    return {
+        "y": y.detach().numpy().transpose(0, 2, 3, 1),  # NCHW -> NHWC
+        "dx": tx.grad.numpy().transpose(0, 2, 3, 1),  # NCHW -> NHWC
+        "dk": tk.grad.numpy().transpose(2, 3, 1, 0),  # OIHW -> HWIO
+    }
 
 
-def _losses(padding):
+def _jax_conv(x, k, strides, pads, dilation, groups, ct, plan=None):
+    conv = functools.partial(
+        conv_general_dilated,
+        window_strides=strides,
+        padding=pads,
+        rhs_dilation=dilation,
+        dimension_numbers=NHWC,
+        feature_group_count=groups,
+        plan=plan,
+    )
+    y, vjp = jax.vjp(jax.jit(conv), jnp.asarray(x), jnp.asarray(k))
+    dx, dk = jax.jit(vjp)(jnp.asarray(ct))
+    return {"y": y, "dx": dx, "dk": dk}
+
+
+def _check_against_torch(dtype, x_shape, k_shape, strides, pads, dilation, groups, plan=None):
+    with x64(dtype):
+        x, k = _arrays(dtype, x_shape, k_shape)
+        ho = (x_shape[1] + sum(pads[0]) - dilation[0] * (k_shape[0] - 1) - 1) // strides[0] + 1
+        wo = (x_shape[2] + sum(pads[1]) - dilation[1] * (k_shape[1] - 1) - 1) // strides[1] + 1
+        ct = np.random.default_rng(1).standard_normal((x_shape[0], ho, wo, k_shape[3]))
+        ct = ct.astype(dtype)
+        got = _jax_conv(x, k, strides, pads, dilation, groups, ct, plan)
+        expected = _torch_conv(x, k, strides, pads, dilation, groups, ct)
+        assert got["y"].dtype == np.dtype(dtype)
+        assert_trees_close(got, expected, rtol=rtol("parity", dtype), what=f"plan {plan}")
+
+
+# One shape per branch of the rule (RULE_BRANCHES names them): the rule must pick that plan
+# for it, and the plan must match torch.
+BRANCH_SHAPES = {
+    "depthwise": ((2, 6, 7, 4), (3, 3, 1, 8), (2, 1), ((1, 1), (1, 1)), (1, 1), 4),
+    "grouped": ((2, 6, 6, 4), (3, 3, 2, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), 2),
+    "pointwise": ((2, 5, 6, 5), (1, 1, 5, 7), (2, 2), ((0, 0), (0, 0)), (1, 1), 1),
+    "few_taps": ((2, 7, 9, 3), (3, 3, 3, 5), (1, 1), ((0, 2), (1, 0)), (1, 1), 1),
+    "few_taps_large_image": ((1, 11, 9, 2), (3, 3, 2, 4), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    "many_channels": ((1, 9, 9, 256), (3, 3, 256, 2), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
+    "small_image": ((2, 3, 3, 9), (3, 3, 9, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    "medium_image": ((2, 12, 10, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
+    "large_image": ((1, 10, 9, 6), (3, 2, 6, 4), (1, 1), ((1, 1), (1, 1)), (1, 2), 1),
+}
+
+
+def test_every_branch_of_the_rule_has_a_shape():
+    assert set(BRANCH_SHAPES) == set(RULE_BRANCHES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("branch", sorted(BRANCH_SHAPES))
+def test_each_branch_of_the_rule_matches_torch(branch, dtype):
+    x_shape, k_shape, strides, pads, dilation, groups = BRANCH_SHAPES[branch]
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    k = jax.ShapeDtypeStruct(k_shape, jnp.float32)
+    _, plan = conv_plan(x, k, strides, pads, None, dilation, NHWC, groups)
+    assert plan == RULE_BRANCHES[branch], (branch, plan)
+    _check_against_torch(dtype, x_shape, k_shape, strides, pads, dilation, groups)
+
+
+# Strided, dilated, unevenly padded: every lowering in every pass against torch.
+GENERAL = ((2, 9, 8, 3), (3, 2, 3, 4), (2, 1), ((2, 0), (1, 1)), (1, 2), 1)
+DEPTHWISE = ((2, 8, 9, 3), (3, 3, 1, 6), (2, 2), ((1, 2), (0, 1)), (2, 1), 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("case", "lowering"),
+    [("general", name) for name in ("lax", "direct", "patches")]
+    + [("depthwise", name) for name in ("lax", "depthwise")],
+)
+def test_every_lowering_matches_torch(case, lowering, dtype):
+    shapes = GENERAL if case == "general" else DEPTHWISE
+    # the lowering in all three passes (the rule's branches mix them)
+    _check_against_torch(dtype, *shapes, plan=Plan(lowering, lowering, lowering))
+
+
+def test_valid_lowerings_and_bad_plans():
+    spec, _ = conv_plan(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)), (1, 1), "SAME",
+                        dimension_numbers=NHWC)  # fmt: skip
+    assert valid_lowerings((1, 4, 4, 3), (3, 3, 3, 2), spec) == ("lax", "direct", "patches")
+    assert set(LOWERINGS) == {"lax", "direct", "depthwise", "patches"}
+    bad = Plan("depthwise", "lax", "lax")
+    with pytest.raises(ValueError, match=r"\['depthwise'\] cannot compute"):
+        conv_general_dilated(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)), (1, 1), "SAME",
+                             dimension_numbers=NHWC, plan=bad)  # fmt: skip
+
+
+def _losses(padding, strides=(1, 1)):
     def loss(conv, x, k):
-        return jnp.sum(jnp.sin(conv(x, k, (1, 1), padding, dimension_numbers=NHWC)))
+        return jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=NHWC)))
 
     return (
         lambda x, k: loss(lax.conv_general_dilated, x, k),
@@ -47,74 +147,71 @@ def _losses(padding):
     )
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("padding", PADDINGS, ids=str)
-def test_value_and_gradients_match_lax(dtype, padding):
-    with jax.enable_x64(dtype == np.float64):
-        x, k = _arrays(dtype)
-        ref = lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=NHWC)
-        _close(conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=NHWC), ref, dtype)
-        f_lax, f_direct = _losses(padding)
-        grads_lax = jax.grad(f_lax, argnums=(0, 1))(x, k)
-        grads_direct = jax.jit(jax.grad(f_direct, argnums=(0, 1)))(x, k)
-        for g_direct, g_lax in zip(grads_direct, grads_lax, strict=True):
-            _close(g_direct, g_lax, dtype)
-
-
 def test_forward_mode_second_order_and_vmap_match_lax():
+    kernel = (3, 3, 3, 2)  # few_taps: direct forward, patches gradients
     with jax.enable_x64(True):
-        x, k = _arrays(np.float64, shape=(2, 5, 6, 3), kernel=(3, 3, 3, 2))
-        f_lax, f_direct = _losses(((1, 1), (1, 1)))
-        t_lax = jax.jvp(f_lax, (x, k), (x, k))[1]
-        t_direct = jax.jvp(f_direct, (x, k), (x, k))[1]
-        _close(t_direct, t_lax, np.float64)
-        h_lax = jax.hessian(f_lax, argnums=1)(x, k)  # (3, 3, 3, 2, 3, 3, 3, 2)
-        _close(jax.hessian(f_direct, argnums=1)(x, k), h_lax, np.float64)
+        x, k = (jnp.asarray(a) for a in _arrays(np.float64, (2, 3, 4, kernel[2]), kernel))
+        f_lax, f_ours = _losses(((1, 1), (1, 1)))
+        tol = rtol("parity", np.float64)
+        assert_trees_close(
+            jax.jvp(f_ours, (x, k), (x, k)), jax.jvp(f_lax, (x, k), (x, k)), rtol=tol
+        )
+        h_lax = jax.hessian(f_lax, argnums=1)(x, k)
+        assert_trees_close(jax.hessian(f_ours, argnums=1)(x, k), h_lax, rtol=tol)
         per_image_lax = jax.vmap(lambda xi: f_lax(xi[None], k))(x)
-        per_image_direct = jax.vmap(lambda xi: f_direct(xi[None], k))(x)
-        _close(per_image_direct, per_image_lax, np.float64)
+        per_image = jax.vmap(lambda xi: f_ours(xi[None], k))(x)
+        assert_trees_close(per_image, per_image_lax, rtol=tol)
 
 
 @pytest.mark.parametrize(
     "case",
     [
-        {"window_strides": (2, 2)},
-        {"rhs_dilation": (2, 2)},
-        {"lhs_dilation": (2, 1)},
-        {"channels": 4},  # 3 * 3 * 4 = 36 taps > MAX_DIRECT_TAPS
+        {"lhs_dilation": (2, 1)},  # a transposed convolution's
         {"layout": "NCHW"},  # lax's default NCHW / OIHW dimension numbers
+        {"batch_group_count": 1, "preferred_element_type": jnp.float32},
+        {"padding": ((-1, 1), (1, 1))},  # negative padding crops
     ],
     ids=str,
 )
 def test_other_convolutions_are_lax_unchanged(case):
     case = dict(case)
-    channels = case.pop("channels", 3)
     layout = case.pop("layout", "NHWC")
-    strides = case.pop("window_strides", (1, 1))
-    x, k = _arrays(np.float32, shape=(3, 7, 9, channels), kernel=(3, 3, channels, 5))
+    padding = case.pop("padding", ((1, 1), (1, 1)))
+    x, k = (jnp.asarray(a) for a in _arrays(np.float32, (3, 7, 9, 4), (3, 3, 4, 5)))
     numbers = NHWC
     if layout == "NCHW":
         x, k = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(k, (3, 2, 0, 1))  # NCHW, OIHW
         numbers = None
-    padding = ((1, 1), (1, 1))
-    assert not direct_applies(x.shape, k.shape, strides, dimension_numbers=numbers, **case)
-    expected = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers, **case)
-    got = conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers, **case)
+    args = (x, k, (1, 1), padding)
+    assert conv_plan(*args, dimension_numbers=numbers, **case) is None
+    expected = lax.conv_general_dilated(*args, dimension_numbers=numbers, **case)
+    got = conv_general_dilated(*args, dimension_numbers=numbers, **case)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
-def test_direct_applies_to_the_seed_examples_convolutions():
-    assert direct_applies((8, 32, 32, 3), (3, 3, 3, 16), (1, 1), dimension_numbers=NHWC)
-    assert direct_applies((8, 8, 8, 1), (3, 3, 1, 16), (1, 1), dimension_numbers=NHWC)
-    assert 3 * 3 * 3 <= MAX_DIRECT_TAPS < 3 * 3 * 4
+def test_rule_is_a_function_of_the_shapes_only():
+    """Same shapes, same plan; the rule never reads values (it runs at trace time)."""
+    spec, plan = conv_plan(jnp.zeros((2, 2, 2, 512)), jnp.zeros((3, 3, 512, 512)), (1, 1),
+                           ((1, 1), (1, 1)), dimension_numbers=NHWC)  # fmt: skip
+    assert plan == choose_plan((2, 2, 2, 512), (3, 3, 512, 512), spec)
+    assert plan == Plan("patches", "patches", "patches")  # the 512 -> 512 on 2x2 case
+
+
+class _Conv(nn.Module):
+    plan: Plan
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(conv_general_dilated, plan=self.plan)
+        return nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv)(x)
 
 
 @pytest.mark.parametrize("maker", ["step", "epoch"])
-def test_training_step_uses_xla_standard_convolution_layout(maker):
-    """The kernel gradient must be XLA's standard NHWC/HWIO convolution, also inside the
-    lax.scan of make_train_epoch, where XLA:CPU otherwise keeps lax's transposed layout and
+def test_kernel_gradient_by_lax_uses_xla_standard_layout(maker):
+    """A kernel gradient lowered to lax must be XLA's standard NHWC/HWIO convolution, also inside
+    the lax.scan of make_train_epoch, where XLA:CPU otherwise keeps lax's transposed layout and
     runs a generic kernel (an order of magnitude slower)."""
-    model = models.SimpleCNN(3, 16)
+    model = _Conv(Plan("direct", "lax", "lax"))
     x = jnp.ones((2, 8, 8, 3))  # NHWC
     y = jnp.ones((2, 8, 8, 16))
     state = create_train_state(model, model.init(jax.random.key(0), x), optax.sgd(0.1))
@@ -125,3 +222,15 @@ def test_training_step_uses_xla_standard_convolution_layout(maker):
     labels = re.findall(r"dim_labels=([^,\s]+)", compiled.as_text())
     assert labels, "expected the kernel gradient to be a convolution"
     assert set(labels) == {"b01f_01io->b01f"}, labels
+
+
+def test_patches_plan_compiles_to_matmuls_without_convolutions():
+    x = jnp.ones((2, 2, 2, 8))
+    k = jnp.ones((3, 3, 8, 8))
+    f = jax.grad(
+        lambda x, k: jnp.sum(conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC,
+                                                  plan=Plan(*["patches"] * 3))),
+        argnums=(0, 1),
+    )  # fmt: skip
+    text = jax.jit(f).lower(x, k).compile().as_text()
+    assert "convolution(" not in text and " dot(" in text

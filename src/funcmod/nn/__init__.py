@@ -3,7 +3,9 @@
 * ``funcmod.nn.init``: PyTorch's default initial distributions as Flax initialisers.
 * ``funcmod.nn.layers``: Linen ``Dense`` / ``Conv`` built like ``torch.nn.Linear`` / ``Conv2d``.
 * ``funcmod.nn.nnx_layers``: the same for Flax NNX.
-* ``funcmod.nn.conv``: the convolution those layers run (a direct few-tap sum on CPU).
+* ``funcmod.nn.conv``: the convolution those layers run, its CPU lowering chosen per pass by
+  shape: ``funcmod.nn.conv_rule`` (the rule, ``Plan``) picks among ``funcmod.nn.conv_lowerings``
+  (lax, a direct few-tap sum, a depthwise sum, patches times kernel).
 * ``funcmod.nn.interop``: one parameter tree for Linen and NNX (``linen_params``,
   ``load_linen_params``, ``LinenView``).
 

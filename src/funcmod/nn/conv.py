@@ -1,32 +1,37 @@
-"""``conv_general_dilated``: ``lax.conv_general_dilated`` with a faster CPU formulation for
-convolutions with few taps, such as the seed examples' 3x3 convolutions of RGB images.
+"""``conv_general_dilated``: ``lax.conv_general_dilated`` with its CPU lowering chosen by shape.
 
-XLA:CPU runs a small-channel convolution such as ``Conv2d(3, 16, 3, padding=1)`` through a
-general convolution kernel that is slower than PyTorch's oneDNN one (``funcmod bench`` measures
-it). For a stride-1, undilated, ungrouped 2-D convolution in Flax's layouts (NHWC input, HWIO
-kernel) with at most ``MAX_DIRECT_TAPS`` taps (``kh * kw * in_channels``), this module computes
-the output directly, as a sum of shifted inputs times kernel rows::
+On CPU, XLA's convolution kernel is fast for wide images with moderate channels and slow
+elsewhere: with many channels on a small image (a 3x3, 512 -> 512 convolution on 2x2 runs
+tens of times slower than the same product as one matmul), for depthwise and strided
+convolutions, and for the gradients of strided ones. So, for a 2-D convolution in Flax's layouts
+(NHWC input, HWIO kernel) with an undilated input, this function computes the forward pass,
+the input gradient and the kernel gradient each with the formulation that
+``funcmod.nn.conv_rule.choose_plan`` picks from the shapes at trace time, among those of
+``funcmod.nn.conv_lowerings``: ``'lax'`` (XLA's kernel), ``'direct'`` (a fused sum of few
+taps), ``'depthwise'`` (a fused sum over the window for groups == channels) and ``'patches'``
+(im2col and one matmul). The rule, and the measurements it comes from, are in
+``funcmod.nn.conv_rule``.
 
-    y[n, h, w, :] = sum over (i, j, c) of xpad[n, h + i, w + j, c] * kernel[i, j, c, :]
+How the three choices are made independent: the function has a custom JVP. Its primal output
+is the forward lowering; its tangent is ``conv(dx, k) + conv(x, dk)``, the first term computed
+by the input-gradient lowering and the second by the kernel-gradient lowering, each a linear
+function that JAX transposes in reverse mode: ``patches(dx, k)`` transposes into
+``dy @ k^T`` followed by col2im (a fused sum of padded slices), ``patches(x, dk)`` into
+``patches(x)^T @ dy``, ``lax_conv`` into XLA's gradient convolutions. Forward mode, higher
+derivatives and ``vmap`` work as for ``lax.conv_general_dilated``; a tangent that is a
+symbolic zero (the input, when only the parameters are differentiated) costs nothing.
 
-which XLA emits as one vectorised loop over the output (the output channels are the minor axis),
-with no patches array and no layout change. Only the forward pass changes: the function has a
-custom JVP whose tangent is the ordinary ``lax.conv_general_dilated``, so reverse mode
-transposes it into XLA's own kernel- and input-gradient convolutions, forward mode works, and
-gradients are those of ``lax.conv_general_dilated``.
+Only CPU changes: ``lax.platform_dependent`` lowers ``lax.conv_general_dilated`` unchanged on
+every other backend (GPU, TPU). Any other configuration (not 2-D NHWC / HWIO, an input
+dilation as in transposed convolutions, ``batch_group_count``, ``preferred_element_type``,
+mixed dtypes, negative padding) calls ``lax.conv_general_dilated`` unchanged.
 
-The direct form is used on CPU only: ``lax.platform_dependent`` lowers the native convolution
-on every other backend (GPU, TPU), where the vendor libraries are faster. Any other
-configuration (strides, dilation, groups, more taps, other layouts) calls
-``lax.conv_general_dilated`` unchanged.
-
-The sum runs over the taps in (i, j, c) order, one rounding per multiply-add, so the result
-differs from ``lax.conv_general_dilated`` and from PyTorch by the usual float reassociation
-error (a few ulps of the output's scale; the parity tests hold it to 1e-5 in float32 and 1e-12
-in float64).
+Each formulation sums in its own order, so the results differ from lax's and PyTorch's by
+float reassociation only: ``tests/test_conv.py`` holds every branch of the rule to 1e-5
+(float32) and 1e-12 (float64) relative error against torch, forward and both gradients.
 
 Pass it to Flax as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``;
-``funcmod.nn.layers.torch_like_conv2d`` does.
+``funcmod.nn.layers.torch_like_conv2d`` and ``funcmod.nn.convolution`` do.
 """
 
 from __future__ import annotations
@@ -40,128 +45,75 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-__all__ = ["MAX_DIRECT_TAPS", "conv_general_dilated", "direct_applies"]
+from funcmod.nn.conv_lowerings import (
+    NHWC,
+    ConvSpec,
+    depthwise,
+    direct,
+    kernel_tangent_lax,
+    lax_conv,
+    output_size,
+    patches,
+)
+from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, Plan, check_plan, choose_plan
 
-# The largest kh * kw * in_channels computed directly: the direct form does one broadcast
-# multiply-add per tap and output element, unrolled into one fused loop, so its cost and its
-# compile time grow with the taps while a convolution kernel's reuse of each input grows too.
-MAX_DIRECT_TAPS = 32
+__all__ = ["LOWERINGS", "MAX_DIRECT_TAPS", "Plan", "conv_general_dilated", "conv_plan"]
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-Padding = tuple[tuple[int, int], tuple[int, int]]
+_FORWARD = {"lax": lax_conv, "direct": direct, "depthwise": depthwise, "patches": patches}
+_INPUT_TANGENT = _FORWARD
+_KERNEL_TANGENT = {
+    "lax": kernel_tangent_lax,
+    "direct": direct,
+    "depthwise": depthwise,
+    "patches": patches,
+}
 
 
-def _lax_conv(x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any) -> jax.Array:
-    return lax.conv_general_dilated(
-        x, kernel, (1, 1), padding, dimension_numbers=_NHWC, precision=precision
+def _on_cpu(fn: Any, a: jax.Array, b: jax.Array, spec: ConvSpec) -> jax.Array:
+    """``fn(a, b, spec)`` on CPU, ``lax_conv(a, b, spec)`` on every other backend."""
+    return lax.platform_dependent(
+        a, b, cpu=lambda a, b: fn(a, b, spec), default=lambda a, b: lax_conv(a, b, spec)
     )
-
-
-def _direct(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    """The convolution as a sum of taps.
-
-    Args:
-      x: (N, H, W, C) input.
-      kernel: (kh, kw, C, O) kernel.
-      padding: ((top, bottom), (left, right)), non-negative.
-
-    Returns:
-      (N, H + top + bottom - kh + 1, W + left + right - kw + 1, O).
-    """
-    (top, bottom), (left, right) = padding
-    kh, kw, channels, _ = kernel.shape
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))  # (N, Hp, Wp, C)
-    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            for c in range(channels):
-                # (N, Ho, Wo, 1) * (1, 1, 1, O) -> (N, Ho, Wo, O)
-                term = xp[:, i : i + ho, j : j + wo, c : c + 1] * kernel[i, j, c][None, None, None]
-                y = term if y is None else y + term
-    # XLA fuses this sum into each consumer (a training step's loss and its gradient both
-    # recompute it) rather than writing the (N, Ho, Wo, O) output once; that is still faster
-    # than XLA:CPU's convolution kernel for few taps (lax.optimization_barrier cannot stop it:
-    # XLA:CPU removes barriers before fusion).
-    return y
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, kernel: jax.Array, padding: Padding, precision: Any) -> jax.Array:
-    return lax.platform_dependent(
-        x,
-        kernel,
-        cpu=lambda x, k: _direct(x, k, padding),
-        default=lambda x, k: _lax_conv(x, k, padding, precision),
-    )
-
-
-def _kernel_tangent(
-    x: jax.Array, dkernel: jax.Array, padding: Padding, precision: Any
-) -> jax.Array:
-    """``lax_conv(x, dkernel)``, arranged so that its transpose (the kernel gradient) is the
-    convolution XLA:CPU runs fast everywhere.
-
-    JAX's transpose rule turns ``conv(x, k)`` into a kernel-gradient convolution whose operands
-    are in a non-standard layout. At the top level of a program XLA:CPU transposes them into
-    its standard layout and calls its fast kernel; inside a loop (``lax.scan``, e.g.
-    ``funcmod.train.make_train_epoch``) it does not, and runs a generic kernel an order of
-    magnitude slower (``tests/test_conv.py`` checks the layout in the compiled loop). Here the
-    layouts are explicit: the transpose is a convolution of ``x`` as (C, H, W, N) with the
-    output gradient as (H, W, N, O), NHWC and HWIO with the batch as the feature axis,
-    followed by a small (C, kh, kw, O) -> (kh, kw, C, O) transpose.
-
-    Args:
-      x: (N, H, W, C) input.
-      dkernel: (kh, kw, C, O) kernel tangent.
-
-    Returns:
-      (N, Ho, Wo, O), equal to ``lax_conv(x, dkernel)``.
-    """
-    lhs = jnp.transpose(x, (3, 1, 2, 0))  # NHWC -> CHWN
-    rhs = jnp.transpose(dkernel, (2, 0, 1, 3))  # (kh, kw, C, O) -> (C, kh, kw, O)
-    numbers = lax.ConvDimensionNumbers(
-        lhs_spec=(3, 0, 1, 2),  # batch N is axis 3, feature C axis 0
-        rhs_spec=(3, 0, 1, 2),  # out feature O is axis 3, in feature C axis 0
-        out_spec=(2, 3, 0, 1),  # (Ho, Wo, N, O): batch axis 2, feature axis 3
-    )
-    out = lax.conv_general_dilated(
-        lhs, rhs, (1, 1), padding, dimension_numbers=numbers, precision=precision
-    )
-    return jnp.transpose(out, (2, 0, 1, 3))  # (Ho, Wo, N, O) -> NHWC
+def _conv(x: jax.Array, kernel: jax.Array, spec: ConvSpec, plan: Plan) -> jax.Array:
+    return _on_cpu(_FORWARD[plan.forward], x, kernel, spec)
 
 
 @functools.partial(_conv.defjvp, symbolic_zeros=True)
 def _conv_jvp(
-    padding: Padding, precision: Any, primals: tuple[Any, Any], tangents: tuple[Any, Any]
+    spec: ConvSpec, plan: Plan, primals: tuple[Any, Any], tangents: tuple[Any, Any]
 ) -> tuple[jax.Array, jax.Array]:
     x, kernel = primals
     dx, dkernel = tangents
-    y = _conv(x, kernel, padding, precision)
-    # The convolution is bilinear: d(x * k) = dx * k + x * dk. A tangent that is a symbolic
-    # zero (the input, when only the parameters are differentiated) costs nothing.
+    y = _conv(x, kernel, spec, plan)
+    # The convolution is bilinear: d conv(x, k) = conv(dx, k) + conv(x, dk), each term linear in
+    # its tangent and computed by the lowering the plan gives its transpose (the gradient).
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(_lax_conv(dx, kernel, padding, precision))
+        terms.append(_on_cpu(_INPUT_TANGENT[plan.input_grad], dx, kernel, spec))
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(
-            lax.platform_dependent(
-                x,
-                dkernel,
-                cpu=lambda x, dk: _kernel_tangent(x, dk, padding, precision),
-                default=lambda x, dk: _lax_conv(x, dk, padding, precision),
-            )
-        )
+        kernel_fn = _KERNEL_TANGENT[plan.kernel_grad]
+        if plan.kernel_grad == "lax" and spec.groups != 1:
+            kernel_fn = lax_conv  # the layout trick is written for groups=1
+        terms.append(_on_cpu(kernel_fn, x, dkernel, spec))
     if not terms:
         return y, jnp.zeros_like(y)
     return y, terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 def _explicit_padding(
-    padding: str | Sequence[tuple[int, int]], spatial: Sequence[int], window: Sequence[int]
-) -> Padding | None:
+    padding: str | Sequence[tuple[int, int]],
+    spatial: Sequence[int],
+    window: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The padding as ((top, bottom), (left, right)), or None when it is not that (or negative)."""
     if isinstance(padding, str):
-        pads = lax.padtype_to_pads(tuple(spatial), tuple(window), (1, 1), padding)
+        effective = [d * (k - 1) + 1 for d, k in zip(dilation, window, strict=True)]
+        pads = lax.padtype_to_pads(tuple(spatial), tuple(effective), tuple(strides), padding)
     else:
         pads = [tuple(int(p) for p in pair) for pair in padding]
     if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
@@ -169,34 +121,51 @@ def _explicit_padding(
     return (pads[0], pads[1])  # type: ignore[return-value]
 
 
-def direct_applies(
-    lhs_shape: Sequence[int],
-    rhs_shape: Sequence[int],
+def conv_plan(
+    lhs: Any,
+    rhs: Any,
     window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
     lhs_dilation: Sequence[int] | None = None,
     rhs_dilation: Sequence[int] | None = None,
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
-) -> bool:
-    """Whether ``conv_general_dilated`` computes this convolution directly on CPU: 2-D, NHWC
-    input and HWIO kernel, stride 1, no dilation or groups, at most ``MAX_DIRECT_TAPS`` taps."""
-    if len(lhs_shape) != 4 or len(rhs_shape) != 4:
-        return False
-    if dimension_numbers is None:
-        return False  # lax's default is NCHW/OIHW, not Flax's layout
-    expected = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape), _NHWC)
-    given = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape), dimension_numbers)
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> tuple[ConvSpec, Plan] | None:
+    """What ``conv_general_dilated`` does with these arguments on CPU: ``(spec, plan)``, or None
+    when it calls ``lax.conv_general_dilated`` unchanged. ``lhs`` and ``rhs`` need only
+    ``shape`` and ``dtype`` (arrays or ``jax.ShapeDtypeStruct``)."""
+    if len(lhs.shape) != 4 or len(rhs.shape) != 4 or dimension_numbers is None:
+        return None  # lax's default dimension numbers are NCHW / OIHW, not Flax's layout
+    if preferred_element_type is not None or lhs.dtype != rhs.dtype:
+        return None
+    if not jnp.issubdtype(lhs.dtype, jnp.floating) or batch_group_count != 1:
+        return None
+    expected = lax.conv_dimension_numbers(tuple(lhs.shape), tuple(rhs.shape), NHWC)
+    given = lax.conv_dimension_numbers(tuple(lhs.shape), tuple(rhs.shape), dimension_numbers)
     ones = (1, 1)
-    return (
-        given == expected
-        and tuple(window_strides) == ones
-        and tuple(lhs_dilation or ones) == ones
-        and tuple(rhs_dilation or ones) == ones
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and rhs_shape[0] * rhs_shape[1] * rhs_shape[2] <= MAX_DIRECT_TAPS
-    )
+    if given != expected or tuple(lhs_dilation or ones) != ones:
+        return None
+    strides = tuple(int(s) for s in window_strides)
+    dilation = tuple(int(d) for d in (rhs_dilation or ones))
+    kh, kw, cg, out = rhs.shape
+    groups = int(feature_group_count)
+    if lhs.shape[3] != cg * groups or out % groups:
+        return None  # let lax raise its own error
+    pads = _explicit_padding(padding, lhs.shape[1:3], (kh, kw), strides, dilation)
+    if pads is None:
+        return None
+    sizes = [
+        output_size(lhs.shape[1 + a], rhs.shape[a], strides[a], dilation[a], pads[a])
+        for a in range(2)
+    ]
+    if min(sizes) < 1 or lhs.shape[0] < 1:
+        return None
+    static_precision = tuple(precision) if isinstance(precision, list) else precision
+    spec = ConvSpec(strides, pads, dilation, groups, static_precision)  # type: ignore[arg-type]
+    return spec, choose_plan(tuple(lhs.shape), tuple(rhs.shape), spec)
 
 
 def conv_general_dilated(
@@ -211,38 +180,31 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
+    *,
+    plan: Plan | None = None,
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` (same arguments), computed directly on CPU when
-    ``direct_applies`` says so.
+    """``lax.conv_general_dilated`` (same arguments and result), lowered on CPU as
+    ``conv_plan`` says.
 
     Args:
-      lhs: the input, (N, H, W, C) for the direct form.
-      rhs: the kernel, (kh, kw, C, O) for the direct form.
+      lhs: the input, (N, H, W, C) in the layouts the rule applies to.
+      rhs: the kernel, (kh, kw, C/groups, O).
       window_strides: as for ``lax.conv_general_dilated``, and so are the arguments that
         follow it up to ``plan``: ``padding``, ``lhs_dilation``, ``rhs_dilation``,
         ``dimension_numbers``, ``feature_group_count``, ``batch_group_count``, ``precision``,
         ``preferred_element_type``.
+      plan: overrides the rule's choice (the benchmark times every lowering this way); it
+        must be valid for the shapes (``conv_rule.valid_lowerings``), else ValueError.
 
     Returns:
-      the convolution, (N, Ho, Wo, O) for the direct form.
+      the convolution, (N, Ho, Wo, O).
     """
-    pads = None
-    if (
-        preferred_element_type is None
-        and lhs.dtype == rhs.dtype
-        and direct_applies(
-            lhs.shape,
-            rhs.shape,
-            window_strides,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-        )
-    ):
-        pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
-    if pads is None:
+    args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+    more = (feature_group_count, batch_group_count, precision, preferred_element_type)
+    chosen = conv_plan(lhs, rhs, *args, *more)
+    if chosen is None:
+        if plan is not None and plan != Plan("lax", "lax", "lax"):
+            raise ValueError(f"plan {plan} given for a convolution that only lax computes")
         return lax.conv_general_dilated(
             lhs,
             rhs,
@@ -256,6 +218,7 @@ def conv_general_dilated(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
-    # precision is a static argument of the custom JVP: None, a string, a Precision or a pair.
-    static_precision = tuple(precision) if isinstance(precision, list) else precision
-    return _conv(lhs, rhs, pads, static_precision)
+    spec, rule_plan = chosen
+    if plan is not None:
+        check_plan(plan, tuple(lhs.shape), tuple(rhs.shape), spec)
+    return _conv(lhs, rhs, spec, plan or rule_plan)

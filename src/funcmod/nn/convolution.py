@@ -12,9 +12,9 @@ Layouts (N batch, C channels, ``*S`` the 1, 2 or 3 spatial sizes, ``*k`` the ker
   when it is stored, so conversion is a pure transpose and bitwise lossless both ways.
 
 The forward convolution is ``funcmod.nn.conv.conv_general_dilated`` on the channels-last input
-(few-tap 2-D convolutions take its direct CPU form); initialisation is torch's, U(+-1/sqrt(fan_in))
-for kernel and bias, fan_in = C_in/groups * prod(k) (C_out/groups * prod(k) for a transposed
-convolution, as torch computes it from its weight's second axis).
+(2-D convolutions take its shape-chosen CPU lowerings); initialisation is torch's,
+U(+-1/sqrt(fan_in)) for kernel and bias, fan_in = C_in/groups * prod(k) (C_out/groups * prod(k)
+for a transposed convolution, as torch computes it from its weight's second axis).
 """
 
 from __future__ import annotations

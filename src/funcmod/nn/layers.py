@@ -46,10 +46,10 @@ def torch_like_conv2d(
     The padding is passed explicitly as ((p, p), (p, p)): Flax's default ``'SAME'`` pads
     asymmetrically when strided, PyTorch never does. The parameters are Flax's usual
     ``kernel`` (kernel_size, kernel_size, in, out) and ``bias`` (out,). The convolution is
-    ``funcmod.nn.conv.conv_general_dilated``: on CPU a convolution with few taps
-    (``kernel_size**2 * in_channels <= funcmod.nn.conv.MAX_DIRECT_TAPS``, such as 3x3 on RGB) is
-    computed as a fused sum of shifted inputs, faster than XLA:CPU's convolution kernel; its
-    gradients, and every other backend and shape, are ``lax.conv_general_dilated``'s.
+    ``funcmod.nn.conv.conv_general_dilated``: on CPU each pass (forward, input and kernel
+    gradient) takes the lowering ``funcmod.nn.conv_rule`` picks from the shapes (a fused
+    few-tap sum for 3x3 on RGB, patches times kernel for many channels or small images, XLA's
+    convolution otherwise); every other backend runs ``lax.conv_general_dilated``.
     """
     return nn.Conv(
         out_channels,

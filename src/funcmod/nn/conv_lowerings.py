@@ -1,0 +1,189 @@
+"""The formulations of a 2-D convolution that ``funcmod.nn.conv`` chooses from on CPU.
+
+Every function here computes ``lax.conv_general_dilated`` of an (N, H, W, C) input and an
+(kh, kw, C/groups, O) kernel (Flax's NHWC / HWIO layouts) for a ``ConvSpec``: window strides,
+kernel (rhs) dilation, explicit non-negative padding, ``feature_group_count``. The input is
+never dilated (transposed convolutions go to lax). Each is a plain composition of ``jax.numpy``
+and ``lax`` operations, linear in each operand, so JAX differentiates and transposes it:
+
+* ``lax_conv``: ``lax.conv_general_dilated`` itself (XLA's convolution kernel).
+* ``direct``: the sum over taps (i, j, c) of a shifted input channel times a kernel row, one
+  broadcast multiply-add per tap, fused by XLA into one loop over the output (groups=1).
+* ``depthwise``: the sum over the kh * kw window positions of a shifted input times a kernel row
+  over all channels at once (``C/groups == 1``: depthwise, channel multiplier allowed).
+* ``patches``: im2col, the kh * kw shifted inputs concatenated along the channel axis into an
+  (N * Ho * Wo, kh * kw * C) matrix, times the kernel as a (kh * kw * C, O) matrix: one matmul
+  (groups=1).
+* ``kernel_tangent_lax``: ``lax_conv(x, dk)`` written so that its transpose with respect to
+  ``dk`` (the kernel gradient) is XLA's standard NHWC/HWIO convolution (see its docstring).
+
+Each formulation sums in its own order, so results differ from lax's and from PyTorch's by
+float reassociation only (tests/test_conv.py holds every one to the parity targets).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "NHWC",
+    "ConvSpec",
+    "depthwise",
+    "direct",
+    "kernel_tangent_lax",
+    "lax_conv",
+    "output_size",
+    "patches",
+]
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+class ConvSpec(NamedTuple):
+    """The static part of a 2-D NHWC / HWIO convolution (hashable: a ``custom_jvp`` static
+    argument).
+
+    Attributes:
+      strides: window strides (sh, sw).
+      padding: ((top, bottom), (left, right)), non-negative.
+      dilation: kernel (rhs) dilation (dh, dw).
+      groups: ``feature_group_count``.
+      precision: as for ``lax.conv_general_dilated`` (None, a ``Precision`` or a pair).
+    """
+
+    strides: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dilation: tuple[int, int]
+    groups: int
+    precision: Any = None
+
+
+def output_size(size: int, window: int, stride: int, dilation: int, pad: tuple[int, int]) -> int:
+    """The output length of one spatial axis: floor((size + pads - d * (k - 1) - 1) / s) + 1."""
+    return (size + pad[0] + pad[1] - dilation * (window - 1) - 1) // stride + 1
+
+
+def lax_conv(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
+    """``lax.conv_general_dilated`` of (N, H, W, C) and (kh, kw, C/g, O): (N, Ho, Wo, O)."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        spec.strides,
+        spec.padding,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=NHWC,
+        feature_group_count=spec.groups,
+        precision=spec.precision,
+    )
+
+
+def _taps(x: jax.Array, kh: int, kw: int, spec: ConvSpec) -> list[jax.Array]:
+    """The kh * kw shifted, strided views of the padded input, tap (i, j) at i * kw + j, each
+    (N, Ho, Wo, C): ``tap[n, h, w, c] = xpad[n, h * sh + i * dh, w * sw + j * dw, c]``."""
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    n, height, width, c = x.shape
+    ho = output_size(height, kh, sh, dh, spec.padding[0])
+    wo = output_size(width, kw, sw, dw, spec.padding[1])
+    xp = jnp.pad(x, ((0, 0), spec.padding[0], spec.padding[1], (0, 0)))  # (N, Hp, Wp, C)
+    return [
+        lax.slice(
+            xp,
+            (0, i * dh, j * dw, 0),
+            (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def direct(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
+    """The convolution as kh * kw * C broadcast multiply-adds (groups=1):
+    ``y = sum over (i, j, c) of tap_ij[..., c:c+1] * kernel[i, j, c]``, summed in that order."""
+    kh, kw, channels, _ = kernel.shape
+    y = None
+    for t, tap in enumerate(_taps(x, kh, kw, spec)):
+        i, j = divmod(t, kw)
+        for c in range(channels):
+            # (N, Ho, Wo, 1) * (1, 1, 1, O) -> (N, Ho, Wo, O)
+            term = tap[..., c : c + 1] * kernel[i, j, c][None, None, None]
+            y = term if y is None else y + term
+    return y
+
+
+def depthwise(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
+    """A depthwise convolution (groups == C, kernel (kh, kw, 1, O), O = C * m) as kh * kw
+    broadcast multiply-adds over all channels: output channel o reads input channel o // m."""
+    kh, kw, one, out = kernel.shape
+    channels = x.shape[-1]
+    if one != 1 or spec.groups != channels or out % channels:
+        raise ValueError(
+            f"depthwise needs kernel (kh, kw, 1, C * m) and groups == C = {channels}; got "
+            f"kernel {kernel.shape}, groups={spec.groups}"
+        )
+    if out != channels:  # channel multiplier m: (N, H, W, C) -> (N, H, W, C * m)
+        x = jnp.repeat(x, out // channels, axis=-1)
+    y = None
+    for t, tap in enumerate(_taps(x, kh, kw, spec)):
+        i, j = divmod(t, kw)
+        term = tap * kernel[i, j, 0][None, None, None]  # (N, Ho, Wo, O) * (1, 1, 1, O)
+        y = term if y is None else y + term
+    return y
+
+
+def patches(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
+    """im2col and one matmul (groups=1): (N * Ho * Wo, kh * kw * C) @ (kh * kw * C, O)."""
+    kh, kw, channels, out = kernel.shape
+    taps = _taps(x, kh, kw, spec)
+    n, ho, wo, _ = taps[0].shape
+    # (N, Ho, Wo, kh * kw * C), tap-major like the kernel's (kh, kw, C) flattening
+    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    y = jnp.dot(
+        cols.reshape(n * ho * wo, kh * kw * channels),
+        kernel.reshape(kh * kw * channels, out),
+        precision=spec.precision,
+    )
+    return y.reshape(n, ho, wo, out)
+
+
+def kernel_tangent_lax(x: jax.Array, dkernel: jax.Array, spec: ConvSpec) -> jax.Array:
+    """``lax_conv(x, dkernel)`` (groups=1), arranged so that its transpose (the kernel
+    gradient) is the convolution XLA:CPU runs fast everywhere.
+
+    JAX's transpose rule turns ``conv(x, k)`` into a kernel-gradient convolution whose operands
+    are in a non-standard layout. At the top level of a program XLA:CPU transposes them into
+    its standard layout and calls its fast kernel; inside a loop (``lax.scan``, e.g.
+    ``funcmod.train.make_train_epoch``) it does not, and runs a generic kernel an order of
+    magnitude slower (``tests/test_conv.py`` checks the layout in the compiled loop). Here the
+    layouts are explicit: the transpose is a convolution of ``x`` as (C, H, W, N) with the
+    output gradient as (H, W, N, O), NHWC and HWIO with the batch as the feature axis,
+    followed by a small (C, kh, kw, O) -> (kh, kw, C, O) transpose.
+
+    Args:
+      x: (N, H, W, C) input.
+      dkernel: (kh, kw, C, O) kernel tangent.
+
+    Returns:
+      (N, Ho, Wo, O), equal to ``lax_conv(x, dkernel, spec)``.
+    """
+    lhs = jnp.transpose(x, (3, 1, 2, 0))  # NHWC -> CHWN
+    rhs = jnp.transpose(dkernel, (2, 0, 1, 3))  # (kh, kw, C, O) -> (C, kh, kw, O)
+    numbers = lax.ConvDimensionNumbers(
+        lhs_spec=(3, 0, 1, 2),  # batch N is axis 3, feature C axis 0
+        rhs_spec=(3, 0, 1, 2),  # out feature O is axis 3, in feature C axis 0
+        out_spec=(2, 3, 0, 1),  # (Ho, Wo, N, O): batch axis 2, feature axis 3
+    )
+    out = lax.conv_general_dilated(
+        lhs,
+        rhs,
+        spec.strides,
+        spec.padding,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=numbers,
+        precision=spec.precision,
+    )
+    return jnp.transpose(out, (2, 0, 1, 3))  # (Ho, Wo, N, O) -> NHWC

@@ -1,0 +1,141 @@
+"""Which CPU lowering ``funcmod.nn.conv.conv_general_dilated`` uses for each pass of a 2-D
+NHWC / HWIO convolution, chosen from the shapes alone (at trace time).
+
+The rule (``choose_plan``), for an input (N, H, W, C), a kernel (kh, kw, C/groups, O) and an
+output (N, Ho, Wo, O), with S = Ho * Wo the output's spatial size and K = kh * kw * C the
+contraction size (the patches matrix's width); the first that applies:
+
+1. ``depthwise`` (C/groups == 1, groups == C): the depthwise sum in all three passes. XLA:CPU
+   runs a grouped convolution through a generic loop, 5-40x slower than this fused sum in
+   every depthwise row measured.
+2. ``grouped`` (any other groups > 1): lax in all three passes (no other lowering computes it).
+3. ``pointwise`` (a 1x1 kernel): patches in all three passes: the convolution is one matmul
+   (of strided rows when strided), 3-80x faster than lax's convolution in the 1x1 rows.
+4. ``few_taps`` (K <= ``MAX_DIRECT_TAPS``, e.g. an RGB stem): the forward pass ``direct``, the
+   kernel gradient patches (the patches matrix is at most 32 wide), the input gradient patches
+   when S <= ``PATCHES_MAX_SPATIAL``, else lax (``few_taps_large_image``).
+5. ``many_channels`` (K >= ``PATCHES_MIN_CONTRACTION``, 256 channels at 3x3): patches in all
+   three passes, at every image size measured (up to 14x14, 2-3x faster than lax).
+6. by the output's size: ``small_image`` (S <= ``KERNEL_PATCHES_MAX_SPATIAL``) patches in all
+   three passes; ``medium_image`` (S <= ``PATCHES_MAX_SPATIAL``) patches forward and for the
+   input gradient, lax for the kernel gradient; ``large_image`` lax in all three.
+
+Why these variables: XLA:CPU's convolution kernel parallelises and vectorises over the image,
+so its cost per output falls as the image grows, and it has a high fixed cost per call for
+small images (a 3x3, 512 -> 512 convolution on a 2x2 image, batch 32, runs over 50x slower
+than the same product as patches and one matmul). im2col plus one matmul costs the same per
+output at any size: the patches copy is kh * kw times the input, and the matmul runs near the
+machine's peak once its contraction K is wide, which is why many channels favour patches even
+on larger images. The kernel gradient crosses over earlier because lax computes it as one
+convolution reducing over N * S directly, where patches first writes the (N * S, K) matrix.
+The measured times behind each threshold are in docs/pitfalls.md ("CPU convolution
+lowerings"), from ``funcmod bench --convs``, which also marks, per row, whether the rule's
+pick was the fastest of each pass.
+
+``RULE_BRANCHES`` names every plan the rule can return, by branch; tests/test_conv.py checks
+each against torch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from funcmod.nn.conv_lowerings import ConvSpec, output_size
+
+__all__ = [
+    "KERNEL_PATCHES_MAX_SPATIAL",
+    "LOWERINGS",
+    "MAX_DIRECT_TAPS",
+    "PATCHES_MAX_SPATIAL",
+    "PATCHES_MIN_CONTRACTION",
+    "RULE_BRANCHES",
+    "Plan",
+    "check_plan",
+    "choose_plan",
+    "rule_branch",
+    "valid_lowerings",
+]
+
+LOWERINGS = ("lax", "direct", "depthwise", "patches")
+# The most taps (kh * kw * C) the forward pass sums directly: one broadcast multiply-add per tap
+# and output element, unrolled into one fused loop, so its cost and compile time grow with them.
+MAX_DIRECT_TAPS = 32
+# The largest output spatial size Ho * Wo whose forward pass and input gradient use patches.
+PATCHES_MAX_SPATIAL = 64
+# The largest output spatial size Ho * Wo whose kernel gradient uses patches.
+KERNEL_PATCHES_MAX_SPATIAL = 16
+# The smallest contraction kh * kw * C that uses patches in every pass at any image size.
+PATCHES_MIN_CONTRACTION = 2304
+
+Shape = tuple[int, ...]
+
+
+class Plan(NamedTuple):
+    """The lowering of each pass: ``forward``, ``input_grad`` and ``kernel_grad``, each one of
+    ``LOWERINGS``."""
+
+    forward: str
+    input_grad: str
+    kernel_grad: str
+
+
+_LAX, _PATCHES = Plan("lax", "lax", "lax"), Plan("patches", "patches", "patches")
+RULE_BRANCHES: dict[str, Plan] = {
+    "depthwise": Plan("depthwise", "depthwise", "depthwise"),
+    "grouped": _LAX,
+    "pointwise": _PATCHES,
+    "few_taps": Plan("direct", "patches", "patches"),
+    "few_taps_large_image": Plan("direct", "lax", "patches"),
+    "many_channels": _PATCHES,
+    "small_image": _PATCHES,
+    "medium_image": Plan("patches", "patches", "lax"),
+    "large_image": _LAX,
+}
+
+
+def valid_lowerings(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> tuple[str, ...]:
+    """The lowerings that can compute this convolution (in any pass): lax always, direct and
+    patches for groups=1, depthwise for groups == C (one input channel per group)."""
+    names = ["lax"]
+    if spec.groups == 1:
+        names += ["direct", "patches"]
+    if rhs_shape[2] == 1 and spec.groups == lhs_shape[3]:
+        names.append("depthwise")
+    return tuple(names)
+
+
+def check_plan(plan: Plan, lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> None:
+    """Raise ValueError unless every lowering of ``plan`` can compute this convolution."""
+    valid = valid_lowerings(lhs_shape, rhs_shape, spec)
+    bad = [name for name in plan if name not in valid]
+    if bad:
+        raise ValueError(
+            f"plan {tuple(plan)}: {bad} cannot compute a convolution of input {lhs_shape}, "
+            f"kernel {rhs_shape}, groups={spec.groups}; valid here: {list(valid)}"
+        )
+
+
+def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
+    """The branch of the rule (a key of ``RULE_BRANCHES``) this convolution takes."""
+    kh, kw, c_group, _ = rhs_shape
+    if "depthwise" in valid_lowerings(lhs_shape, rhs_shape, spec):
+        return "depthwise"
+    if spec.groups != 1:
+        return "grouped"
+    if kh == kw == 1:
+        return "pointwise"
+    ho = output_size(lhs_shape[1], kh, spec.strides[0], spec.dilation[0], spec.padding[0])
+    wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
+    spatial, contraction = ho * wo, kh * kw * c_group
+    if contraction <= MAX_DIRECT_TAPS:
+        return "few_taps" if spatial <= PATCHES_MAX_SPATIAL else "few_taps_large_image"
+    if contraction >= PATCHES_MIN_CONTRACTION:
+        return "many_channels"
+    if spatial <= KERNEL_PATCHES_MAX_SPATIAL:
+        return "small_image"
+    return "medium_image" if spatial <= PATCHES_MAX_SPATIAL else "large_image"
+
+
+def choose_plan(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> Plan:
+    """The rule of the module docstring: ``RULE_BRANCHES[rule_branch(...)]``."""
+    return RULE_BRANCHES[rule_branch(lhs_shape, rhs_shape, spec)]
