@@ -96,6 +96,9 @@ class Call:
 
 @dataclass
 class Captured:
+    """What ``capture`` returns: the model, its ``torch.export`` program, the module-call tree
+    rooted at ``root``, the tied state_dict keys and where each graph input comes from."""
+
     model: nn.Module
     program: Any  # torch.export.ExportedProgram
     root: Call

@@ -144,6 +144,8 @@ def register_module(
 
 
 def module_spec_for(module: nn.Module) -> ModuleSpec | None:
+    """The ``MODULES`` entry for the module's class or its nearest registered base class;
+    None when it has none (the module is then generated from its graph)."""
     for cls in type(module).__mro__:
         if cls in MODULES:
             return MODULES[cls]

@@ -67,6 +67,9 @@ class Var:
 
 @dataclass(frozen=True)
 class OpEntry:
+    """One row of the op table ``OPS``: the emitter that writes an ATen op as Flax source, and
+    whether the op works in place or changes a layout."""
+
     emitter: Callable[[OpCall], Any]
     inplace: bool = False  # mutates its first argument: later reads see the result
     shape_comment: bool = False  # a layout change: the statement gets "# (in) -> (out)"
