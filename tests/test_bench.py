@@ -257,3 +257,43 @@ def test_time_interleaved_takes_one_sample_per_round_and_run():
     assert all(s >= 0 for v in samples.values() for s in v)
     assert calls == [("a", 2), ("b", 3), ("b", 3), ("a", 2), ("a", 2), ("b", 3)]  # rotated
     assert np.all(np.isfinite(samples["a"]))
+
+
+def test_conv_bench_one_row_structure(tmp_path, capsys):
+    """`funcmod bench --convs` on a 1-row grid: every valid lowering's three passes, the rule's
+    plan and lax whole, torch; the markdown table and the JSON (structure only, never speed)."""
+    from funcmod.nn.conv_rule import RULE_BRANCHES
+    from funcmod.tools.bench import convs
+
+    row = convs.ConvRow("tiny", 2, 4, 4, 5, 3, stride=2, groups=4)  # depthwise: 2 lowerings
+    config = convs.ConvBenchConfig(rounds=1, min_time=0.0, max_steps=1, torch_threads=(1,))
+    result = convs.run_conv_bench(config, [row])
+    (r,) = result["rows"]
+    assert r["label"] == "tiny b2 4->4 5x5 k3 s2 g4"
+    assert tuple(r["plan"]) == RULE_BRANCHES["depthwise"]
+    assert r["lowerings"] == ["depthwise", "lax"]
+    expected = {f"{name}:{p}" for name in r["lowerings"] for p in (*convs.PASSES, "sum")}
+    expected |= {"rule:fwd+bwd", "lax:fwd+bwd", "torch:fwd+bwd", "torch_t1:fwd+bwd"}
+    assert set(r["times"]) == expected and all(t > 0 for t in r["times"].values())
+    assert set(r["picks"]) == set(convs.PASSES)
+    assert r["torch_over_rule"] == pytest.approx(
+        r["times"]["torch:fwd+bwd"] / r["times"]["rule:fwd+bwd"]
+    )
+    table = convs.render_conv_markdown(result)
+    assert "| tiny b2 4->4 5x5 k3 s2 g4 |" in table and "rule fastest?" in table
+    json.dumps(result)  # JSON-able
+    from funcmod.tools.cli import main
+
+    assert main(["bench", "--convs", "--conv-inputs", "64xA"]) == 2
+    assert "SIZExBATCH" in capsys.readouterr().err
+
+
+def test_conv_grid_covers_resnet18_and_mobilenetv3_shapes():
+    from funcmod.tools.bench import convs
+
+    rows = convs.default_grid(((64, 2),))
+    labels = {r.label() for r in rows}
+    assert "resnet18@64:layer4 b2 512->512 2x2 k3 s1" in labels  # the issue's pathological case
+    assert "resnet18@64:conv1 b2 3->64 64x64 k7 s2" in labels
+    assert any(r.groups == r.c_in > 1 and r.kernel == 5 and r.stride == 2 for r in rows)
+    assert any(r.net.startswith("mobilenetv3") and r.kernel == 1 for r in rows)

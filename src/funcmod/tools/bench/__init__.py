@@ -30,6 +30,8 @@ The modules, each depending only on those above it in this list:
 * ``targets``: the speed targets and ``evaluate_targets``;
 * ``run``: ``bench_case`` and ``run_bench``;
 * ``report``: markdown, the chart, ``write_results``;
+* ``convs``: the conv micro-benchmark (``funcmod bench --convs``), each lowering of
+  ``funcmod.nn.conv`` against torch eager on ResNet-18 and MobileNetV3 shapes;
 * ``command``: the ``funcmod bench`` subcommand (``add_parser``, ``run``), the only argparse.
 """
 

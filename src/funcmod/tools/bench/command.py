@@ -41,6 +41,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     p.add_argument("--out", help="also write bench.json, bench.md and bench.png here")
+    p.add_argument(
+        "--convs",
+        action="store_true",
+        help="the conv grid instead: every CPU lowering of funcmod.nn.conv vs torch eager "
+        "(writes bench_convs.json and bench_convs.md with --out)",
+    )
+    p.add_argument(
+        "--conv-inputs",
+        nargs="+",
+        metavar="SIZExBATCH",
+        help="the conv grid's network inputs (default 64x2 64x32 224x2)",
+    )
     p.set_defaults(run=run)
 
 
@@ -78,9 +90,55 @@ def run(args: argparse.Namespace) -> int:
         print(f"funcmod bench: {e}", file=sys.stderr)
         return 2
     as_json, outdir = bool(args.json), args.out
+    if getattr(args, "convs", False):
+        return _run_convs(args, as_json, outdir)
     result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if as_json else render_markdown(result))
     if outdir:
         for path in write_results(result, outdir).values():
             print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> int:
+    """``funcmod bench --convs``: the conv grid (``funcmod.tools.bench.convs``)."""
+    from pathlib import Path
+
+    from funcmod.tools.bench.convs import (
+        ConvBenchConfig,
+        default_grid,
+        render_conv_markdown,
+        run_conv_bench,
+    )
+
+    try:
+        inputs = [tuple(int(v) for v in s.lower().split("x")) for s in args.conv_inputs or ()]
+        if any(len(i) != 2 or min(i) < 1 for i in inputs):
+            raise ValueError
+    except ValueError:
+        print(
+            f"funcmod bench: --conv-inputs takes SIZExBATCH, got {args.conv_inputs}",
+            file=sys.stderr,
+        )
+        return 2
+    given = {"rounds": args.rounds, "min_time": args.min_time}
+    if args.torch_threads:
+        given["torch_threads"] = tuple(args.torch_threads)
+    try:
+        config = ConvBenchConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        print(f"funcmod bench: {e}", file=sys.stderr)
+        return 2
+    rows = default_grid(inputs) if inputs else default_grid()
+    result = run_conv_bench(
+        config, rows, progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    markdown = render_conv_markdown(result)
+    print(json.dumps(result, indent=2) if as_json else markdown)
+    if outdir:
+        out = Path(outdir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_convs.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "bench_convs.md").write_text(markdown)
+        print(f"wrote {out / 'bench_convs.json'} and {out / 'bench_convs.md'}", file=sys.stderr)
     return 0

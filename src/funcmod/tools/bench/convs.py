@@ -1,0 +1,374 @@
+"""``funcmod bench --convs``: the conv micro-benchmark, every CPU lowering of
+``funcmod.nn.conv`` against torch eager on the convolution shapes of real networks.
+
+The grid (``default_grid``) is the distinct convolutions of a ResNet-18 and of a MobileNetV3
+(large; a representative subset of its bottlenecks: expansion, depthwise 3x3 and 5x5 at both
+strides, projection, squeeze-excite), at 64x64 inputs (batch 2 and 32) and 224x224 inputs
+(batch 2). For each row it times, interleaved in rounds like ``funcmod bench``:
+
+* each pass alone with each lowering valid for the shape (``conv_rule.valid_lowerings``):
+  ``fwd`` (the convolution), ``dx`` (the input gradient alone: a VJP with a fixed cotangent,
+  the forward pass dead-code eliminated) and ``dk`` (the kernel gradient alone);
+* forward + backward (both gradients) with the rule's plan, with lax for every pass, and in
+  torch eager (``conv2d`` then ``backward``, at each of ``torch_threads``, the fastest kept).
+
+Each lowering's forward + backward is reported as the sum of its three passes; the rule's
+plan and lax's are also measured whole. A row's report marks the rule's pick per pass and says
+whether it is the fastest (within ``NOISE``, a relative margin) per pass. No test times anything:
+the numbers are this command's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcmod.tools.bench.timing import format_seconds, steps_per_measurement, time_interleaved
+
+__all__ = [
+    "NOISE",
+    "ConvBenchConfig",
+    "ConvRow",
+    "bench_conv_row",
+    "default_grid",
+    "render_conv_markdown",
+    "run_conv_bench",
+]
+
+PASSES = ("fwd", "dx", "dk")
+ARG_NAMES = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers")
+# A lowering within this relative margin of the fastest counts as tied with it.
+NOISE = 0.10
+# Direct sums with more taps than this are not timed (their unrolled loop compiles slowly).
+MAX_TIMED_DIRECT_TAPS = 64
+
+
+@dataclass(frozen=True)
+class ConvRow:
+    """One convolution: ``net`` names where it comes from; input (batch, c_in, size, size),
+    kernel ``kernel`` x ``kernel``, ``stride``, ``groups``, padding ``kernel // 2``."""
+
+    net: str
+    batch: int
+    c_in: int
+    c_out: int
+    size: int
+    kernel: int
+    stride: int = 1
+    groups: int = 1
+
+    def label(self) -> str:
+        g = f" g{self.groups}" if self.groups > 1 else ""
+        return (
+            f"{self.net} b{self.batch} {self.c_in}->{self.c_out} {self.size}x{self.size} "
+            f"k{self.kernel} s{self.stride}{g}"
+        )
+
+
+def _resnet18(r: int) -> list[tuple[str, int, int, int, int, int, int]]:
+    """(layer, c_in, c_out, size, kernel, stride, groups) of a ResNet-18 at input r x r."""
+    rows = [("conv1", 3, 64, r, 7, 2, 1), ("layer1", 64, 64, r // 4, 3, 1, 1)]
+    size, c = r // 4, 64
+    for i, width in enumerate((128, 256, 512), start=2):
+        rows += [
+            (f"layer{i}.down", c, width, size, 3, 2, 1),
+            (f"layer{i}", width, width, size // 2, 3, 1, 1),
+            (f"layer{i}.skip", c, width, size, 1, 2, 1),
+        ]
+        size, c = size // 2, width
+    return rows
+
+
+def _mobilenet_v3(r: int) -> list[tuple[str, int, int, int, int, int, int]]:
+    """A representative subset of MobileNetV3-Large's convolutions at input r x r."""
+    h2, h4, h16, h32 = r // 2, r // 4, r // 16, r // 32
+    return [
+        ("stem", 3, 16, r, 3, 2, 1),
+        ("dw3", 16, 16, h2, 3, 1, 16),
+        ("expand", 16, 64, h2, 1, 1, 1),
+        ("dw3.s2", 64, 64, h2, 3, 2, 64),
+        ("project", 64, 24, h4, 1, 1, 1),
+        ("dw5.s2", 72, 72, h4, 5, 2, 72),
+        ("se", 72, 24, 1, 1, 1, 1),
+        ("dw3", 240, 240, h16, 3, 1, 240),
+        ("dw5", 672, 672, h16, 5, 1, 672),
+        ("last", 160, 960, max(h32, 1), 1, 1, 1),
+    ]
+
+
+def default_grid(
+    inputs: Sequence[tuple[int, int]] = ((64, 2), (64, 32), (224, 2)),
+) -> list[ConvRow]:
+    """Every distinct conv of ``_resnet18`` and ``_mobilenet_v3`` at each (input size, batch)."""
+    rows: list[ConvRow] = []
+    for r, batch in inputs:
+        for net, layers in (("resnet18", _resnet18(r)), ("mobilenetv3", _mobilenet_v3(r))):
+            for layer, c_in, c_out, size, k, s, g in layers:
+                row = ConvRow(f"{net}@{r}:{layer}", batch, c_in, c_out, size, k, s, g)
+                if row not in rows:
+                    rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class ConvBenchConfig:
+    """How long the conv bench spends: ``rounds`` interleaved rounds, each measurement at least
+    ``min_time`` seconds and at most ``max_steps`` calls; torch at ``torch_threads`` (default:
+    torch's own count and 1); ``seed`` for the inputs."""
+
+    rounds: int = 5
+    min_time: float = 0.02
+    max_steps: int = 50
+    torch_threads: tuple[int, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        import torch
+
+        threads = self.torch_threads or (torch.get_num_threads(), 1)
+        object.__setattr__(self, "torch_threads", tuple(dict.fromkeys(int(t) for t in threads)))
+        if self.rounds < 1 or self.max_steps < 1 or min(self.torch_threads) < 1:
+            raise ValueError(
+                f"need rounds >= 1, max_steps >= 1, torch_threads >= 1; got rounds {self.rounds}, "
+                f"max_steps {self.max_steps}, torch_threads {list(self.torch_threads)}"
+            )
+
+
+def _jax_runs(row: ConvRow, x: jax.Array, k: jax.Array, ct: jax.Array) -> tuple[dict, Any]:
+    """The jitted calls of one row, each as ``run(n)``; and the rule's plan."""
+    from funcmod.nn.conv import Plan, conv_general_dilated, conv_plan
+    from funcmod.nn.conv_rule import valid_lowerings
+
+    p = row.kernel // 2
+    args = ((row.stride, row.stride), ((p, p), (p, p)), None, None, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(plan: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        # <conv(x, k), ct>: its gradients are the VJPs of the convolution with cotangent ct
+        return lambda x, k: jnp.vdot(conv_general_dilated(x, k, *args, row.groups, plan=plan), ct)
+
+    spec, rule = conv_plan(x, k, *args, row.groups)
+    valid = valid_lowerings(x.shape, k.shape, spec)
+    taps = row.kernel * row.kernel * (row.c_in // row.groups)
+    if taps > MAX_TIMED_DIRECT_TAPS:
+        valid = tuple(name for name in valid if name != "direct")
+    jitted: dict[str, Callable[[jax.Array, jax.Array], Any]] = {}
+    for name in valid:
+        jitted[f"{name}:fwd"] = jax.jit(
+            functools.partial(
+                conv_general_dilated,
+                **dict(zip(ARG_NAMES, args, strict=True)),
+                feature_group_count=row.groups,
+                plan=Plan(name, "lax", "lax"),
+            )
+        )
+        jitted[f"{name}:dx"] = jax.jit(jax.grad(loss(Plan("lax", name, "lax"))))
+        jitted[f"{name}:dk"] = jax.jit(jax.grad(loss(Plan("lax", "lax", name)), argnums=1))
+    for label, plan in (("rule", rule), ("lax", Plan("lax", "lax", "lax"))):
+        # value_and_grad: the forward pass is live (a gradient of <y, ct> alone does not need y)
+        jitted[f"{label}:fwd+bwd"] = jax.jit(jax.value_and_grad(loss(plan), argnums=(0, 1)))
+    fns = {name: functools.partial(fn, x, k) for name, fn in jitted.items()}
+
+    def runner(fn: Callable[[], Any]) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for _ in range(n):
+                out = fn()
+            jax.block_until_ready(out)
+
+        return run
+
+    return {name: runner(fn) for name, fn in fns.items()}, rule
+
+
+def _torch_runs(
+    row: ConvRow, x: np.ndarray, k: np.ndarray, ct: np.ndarray, threads: Sequence[int]
+) -> dict:
+    import torch
+
+    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
+    tk = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))).requires_grad_(True)
+    tct = torch.from_numpy(np.ascontiguousarray(ct.transpose(0, 3, 1, 2)))
+    p = row.kernel // 2
+
+    def step() -> None:
+        y = torch.nn.functional.conv2d(tx, tk, stride=row.stride, padding=p, groups=row.groups)
+        y.backward(tct)
+        tx.grad = tk.grad = None
+
+    def runner(t: int) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            before = torch.get_num_threads()
+            torch.set_num_threads(t)
+            try:
+                for _ in range(n):
+                    step()
+            finally:
+                torch.set_num_threads(before)
+
+        return run
+
+    return {f"torch_t{t}:fwd+bwd": runner(t) for t in threads}
+
+
+def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
+    """Time one row (see the module docstring). Returns a JSON-able dict: the row, the rule's
+    ``plan``, ``times`` (median seconds per call by ``lowering:pass``), per pass the
+    ``fastest`` lowering and whether the rule's pick is within ``NOISE`` of it, and the
+    ratios ``torch / rule`` and ``lax / rule`` of forward + backward."""
+    rng = np.random.default_rng(config.seed)
+    x = rng.standard_normal((row.batch, row.size, row.size, row.c_in)).astype(np.float32)
+    k = rng.standard_normal((row.kernel, row.kernel, row.c_in // row.groups, row.c_out))
+    k = (k / np.sqrt(k[..., 0].size)).astype(np.float32)
+    p = row.kernel // 2
+    out = (row.size + 2 * p - row.kernel) // row.stride + 1
+    ct = rng.standard_normal((row.batch, out, out, row.c_out)).astype(np.float32)
+    runs, plan = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
+    runs.update(_torch_runs(row, x, k, ct, config.torch_threads))
+    first = {}
+    for name, run in runs.items():  # compile and warm up, untimed
+        t0 = time.perf_counter()
+        run(1)
+        first[name] = time.perf_counter() - t0
+        run(1)
+    steps = {
+        name: steps_per_measurement(run, 1, config.min_time, config.max_steps)
+        for name, run in runs.items()
+    }
+    samples = time_interleaved(runs, steps, config.rounds)
+    times = {name: statistics.median(s) for name, s in samples.items()}
+    torch_names = [n for n in times if n.startswith("torch_t")]
+    best_torch = min(torch_names, key=times.__getitem__)
+    times["torch:fwd+bwd"] = times[best_torch]
+    lowerings = sorted({n.split(":")[0] for n in times if n.endswith(":fwd")})
+    for name in lowerings:
+        times[f"{name}:sum"] = sum(times[f"{name}:{p}"] for p in PASSES)
+    picks = {}
+    for pass_, chosen in zip(PASSES, plan, strict=True):
+        timed = {name: times[f"{name}:{pass_}"] for name in lowerings}
+        fastest = min(timed, key=timed.__getitem__)
+        picks[pass_] = {
+            "rule": chosen,
+            "fastest": fastest,
+            "rule_over_fastest": timed[chosen] / timed[fastest] if chosen in timed else None,
+            "ok": chosen in timed and timed[chosen] <= (1 + NOISE) * timed[fastest],
+        }
+    rule_t = times["rule:fwd+bwd"]
+    return {
+        **asdict(row),
+        "label": row.label(),
+        "plan": list(plan),
+        "lowerings": lowerings,
+        "times": times,
+        "best_torch": best_torch,
+        "first_call_s": first,
+        "picks": picks,
+        "torch_over_rule": times["torch:fwd+bwd"] / rule_t,
+        "lax_over_rule": times["lax:fwd+bwd"] / rule_t,
+    }
+
+
+def run_conv_bench(
+    config: ConvBenchConfig | None = None,
+    rows: Sequence[ConvRow] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every row (default ``default_grid()``) timed; ``{'machine', 'config', 'rows',
+    'started', 'load_before', 'load_after', 'wall_s'}``, JSON-able."""
+    from funcmod.tools.bench.machine import load_average, machine_info
+
+    config = config or ConvBenchConfig()
+    rows = list(rows) if rows is not None else default_grid()
+    start = time.perf_counter()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    load_before = load_average()
+    results = []
+    for row in rows:
+        r = bench_conv_row(row, config)
+        results.append(r)
+        if progress is not None:
+            progress(
+                f"{r['label']}: rule {'/'.join(r['plan'])} "
+                f"{format_seconds(r['times']['rule:fwd+bwd'])}, torch/rule "
+                f"{r['torch_over_rule']:.2f}x, lax/rule {r['lax_over_rule']:.2f}x"
+            )
+    return {
+        "machine": machine_info(),
+        "config": asdict(config),
+        "rows": results,
+        "started": started,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def _cell(times: dict[str, float], name: str, chosen: bool) -> str:
+    if name not in times:
+        return "-"
+    text = format_seconds(times[name])
+    return f"**{text}**" if chosen else text
+
+
+def render_conv_markdown(result: dict[str, Any]) -> str:
+    """The conv bench as markdown: per row the median forward + backward of torch eager, lax
+    and the rule's plan, each lowering's per-pass times (the rule's pick in bold), and the
+    ratios; then how often the rule picked the fastest lowering of a pass."""
+    m = result["machine"]
+    lines = [
+        f"Conv grid measured {result['started']} on {m['cpu']} ({m['cores']} cores), JAX "
+        f"`{m['backend']}`, jax {m['versions']['jax']}, torch {m['versions']['torch']}; load "
+        f"average before / after: {result['load_before']} / {result['load_after']}. Medians "
+        f"over {result['config']['rounds']} interleaved rounds, float32.",
+        "",
+        "| conv | plan (fwd/dx/dk) | torch fwd+bwd | lax fwd+bwd | rule fwd+bwd | torch / rule "
+        "| lax / rule | lax fwd/dx/dk | direct fwd/dx/dk | depthwise fwd/dx/dk | "
+        "patches fwd/dx/dk | rule fastest? |",
+        "|" + "---|" * 12,
+    ]
+    missed = 0
+    for r in result["rows"]:
+        t, plan = r["times"], r["plan"]
+        per = []
+        for name in ("lax", "direct", "depthwise", "patches"):
+            if name not in r["lowerings"]:
+                per.append("-")
+                continue
+            per.append(
+                " / ".join(_cell(t, f"{name}:{p}", plan[i] == name) for i, p in enumerate(PASSES))
+            )
+        bad = [
+            f"{p}: {v['fastest']} ({v['rule_over_fastest']:.2f}x)"
+            for p, v in r["picks"].items()
+            if not v["ok"]
+        ]
+        missed += bool(bad)
+        cells = [
+            r["label"],
+            "/".join(plan),
+            format_seconds(t["torch:fwd+bwd"]),
+            format_seconds(t["lax:fwd+bwd"]),
+            format_seconds(t["rule:fwd+bwd"]),
+            f"{r['torch_over_rule']:.2f}x",
+            f"{r['lax_over_rule']:.2f}x",
+            *per,
+            "yes" if not bad else "no: " + ", ".join(bad),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = len(result["rows"])
+    lines += [
+        "",
+        f"Rule's pick within {NOISE:.0%} of the fastest lowering in every pass: "
+        f"{n - missed} of {n} rows. Ratios above 1: the rule's plan is faster. Per-lowering "
+        "cells: forward, input gradient alone, kernel gradient alone; the rule's pick in bold; "
+        f"'-': not valid for the shape (direct: groups=1 and at most {MAX_TIMED_DIRECT_TAPS} "
+        "taps timed; depthwise: groups == C_in; patches: groups=1).",
+    ]
+    return "\n".join(lines) + "\n"
