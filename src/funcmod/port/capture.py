@@ -13,6 +13,7 @@ torch source line of each, before any code is generated.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,10 +126,13 @@ def source_line(node: torch.fx.Node) -> str:
     return f"{where}: {code}"
 
 
-def _twin_paths(model: nn.Module, tied: dict[str, str]) -> dict[str, ModuleSpec]:
-    """Modules that become twins: a registered class, not parametrized, owning no tied alias,
-    not inside another twin."""
+def _twin_paths(model: nn.Module, tied: dict[str, str]) -> tuple[dict[str, ModuleSpec], set[str]]:
+    """Modules that become twins (a registered class, not parametrized, owning no tied alias,
+    not inside another twin), and modules whose code is written into their caller's: a
+    registered class that reads a tied tensor held elsewhere (``lm_head`` tied to ``wte``),
+    whose own class could not hold it."""
     out: dict[str, ModuleSpec] = {}
+    inline: set[str] = set()
 
     def visit(module: nn.Module, path: str) -> None:
         spec = module_spec_for(module)
@@ -138,11 +142,90 @@ def _twin_paths(model: nn.Module, tied: dict[str, str]) -> dict[str, ModuleSpec]
         if spec is not None and path and not aliased and not parametrized:
             out[path] = spec
             return
+        if spec is not None and path and aliased and not parametrized:
+            inline.add(path)
         for name, child in module.named_children():
             visit(child, f"{prefix}{name}")
 
     visit(model, "")
-    return out
+    return out, inline
+
+
+def _inlined(path: str, inline: set[str]) -> bool:
+    """A parametrization's own modules run as part of the module they parametrize."""
+    return path in inline or path == "parametrizations" or ".parametrizations" in f".{path}"
+
+
+def _inline_grad_regions(program: Any) -> None:
+    """Write ``torch.no_grad()`` / ``enable_grad()`` regions (``wrap_with_set_grad_enabled``)
+    into the graph: their nodes in place of the call, and a ``detach`` on each result of a
+    no-grad region (the port's ``jax.lax.stop_gradient``)."""
+    gm = program.graph_module
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or "wrap_with_set_grad_enabled" not in str(node.target):
+            continue
+        enabled, attr, *operands = node.args
+        sub = getattr(gm, attr.target)
+        env: dict[Any, Any] = {}
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        env.update(zip(placeholders, operands, strict=True))
+        outs: list[Any] = []
+        with graph.inserting_before(node):
+            for n in sub.graph.nodes:
+                if n.op == "placeholder":
+                    continue
+                if n.op == "output":
+                    outs = [env.get(a, a) for a in n.args[0]]
+                    continue
+                new = graph.node_copy(n, env.__getitem__)
+                if not new.meta.get("nn_module_stack"):
+                    new.meta["nn_module_stack"] = node.meta.get("nn_module_stack")
+                env[n] = new
+            if not enabled:
+                detached = []
+                for o in outs:
+                    d = graph.call_function(torch.ops.aten.detach.default, (o,))
+                    d.meta.update({k: o.meta[k] for k in ("val", "nn_module_stack") if k in o.meta})
+                    detached.append(d)
+                outs = detached
+        for user in list(node.users):
+            user.replace_all_uses_with(outs[user.args[1]])
+            graph.erase_node(user)
+        graph.erase_node(node)
+
+
+def _float64(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.double()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_float64(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _float64(v) for k, v in value.items()}
+    return value
+
+
+def _align_float64(program: Any, model: nn.Module, args: tuple, kwargs: dict, preserve) -> None:
+    """Capture a float64 copy as well and pair its nodes with ``program``'s
+    (``node.meta['_port_alt']``): a dtype that is float32 in one capture and float64 in the
+    other follows the model's dtype (``x.dtype``, a buffer's), one that is float32 in both is
+    written in the model's code (``.float()``). Nothing is paired when the two graphs differ."""
+    if not any(p.is_floating_point() for p in [*model.parameters(), *model.buffers()]):
+        return
+    twin = copy.deepcopy(model).double().eval()
+    try:
+        other = _export(twin, _float64(args), _float64(kwargs), preserve)
+    except Exception:  # the float64 capture is a refinement only
+        return
+    _inline_grad_regions(other)
+    mine = [n for n in program.graph.nodes if n.op == "call_function"]
+    theirs = [n for n in other.graph.nodes if n.op == "call_function"]
+    if len(mine) != len(theirs) or any(
+        a.target != b.target for a, b in zip(mine, theirs, strict=False)
+    ):
+        return
+    for a, b in zip(mine, theirs, strict=False):
+        a.meta["_port_alt"] = b
 
 
 def _export(model: nn.Module, args: tuple, kwargs: dict, preserve: tuple[str, ...]):
@@ -155,13 +238,15 @@ def capture(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Captur
     """Export ``model`` (in eval mode, restored afterwards) and group its graph into calls."""
     kwargs = dict(kwargs or {})
     tied = tied_parameters(model)
-    twins = _twin_paths(model, tied)
+    twins, inline = _twin_paths(model, tied)
     was_training = model.training
     model.eval()
     try:
         program = _export(model, tuple(args), kwargs, tuple(twins))
     finally:
         model.train(was_training)
+    _inline_grad_regions(program)
+    _align_float64(program, model, tuple(args), kwargs, tuple(twins))
     signatures = {e.fqn: e.signature for e in program.module_call_graph if e.fqn}
     sig = program.graph_signature
     inputs = {
@@ -179,6 +264,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Captur
         for k, (path, _) in stack:
             if call.spec is not None:
                 break
+            if _inlined(path, inline):
+                continue
             key = (*key, k)
             child = by_key.get(key)
             if child is None:

@@ -119,9 +119,8 @@ def _resolve_all(st: State) -> None:
         if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
             try:
                 ref = resolve(cap.model, kind, target, cap.tied, values[target])
-            except NotImplementedError as e:
-                st.errors.append((str(e), target, ""))
-                continue
+            except NotImplementedError as e:  # an error only where generated code reads it
+                ref = TensorRef("error", owner=target, value=str(e))
             st.refs[name] = ref
     # leaves read by generated code are declared by their (generated) owner
     for call in cap.root.calls():
@@ -186,7 +185,11 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         if entry is None:
             continue  # listed by find_unsupported
         c = OpCall(
-            node, arg(tuple(node.args)), {k: arg(v) for k, v in node.kwargs.items()}, st.dtypes
+            node,
+            arg(tuple(node.args)),
+            {k: arg(v) for k, v in node.kwargs.items()},
+            _node_dtypes(st, node),
+            alt=node.meta.get("_port_alt"),
         )
         try:
             result = entry.emitter(c)
@@ -228,6 +231,33 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
     return cls
 
 
+def _dtypes_of(node: torch.fx.Node) -> list[Any]:
+    vals = [node.meta.get("val")]
+    found = [v.dtype for v in vals if isinstance(v, torch.Tensor)]
+    found += [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.dtype)]
+    return found
+
+
+def _node_dtypes(st: State, node: torch.fx.Node):
+    """The node's dtype writer: the capture's float dtype is ``float`` (JAX's default float,
+    float64 under x64) where it follows the model's dtype, ``jnp.float32`` where the model's
+    code names it (paired float64 capture); ``float`` everywhere without a float64 capture."""
+    alt = node.meta.get("_port_alt")
+    if alt is None:
+        return st.dtypes
+    pairs = zip(_dtypes_of(node), _dtypes_of(alt), strict=False)
+    follows = any(a == st.capture_float and b == torch.float64 for a, b in pairs)
+    if follows:
+        return st.dtypes
+
+    def write(dtype: torch.dtype) -> str:
+        if dtype == st.capture_float:
+            return "jnp." + str(dtype).removeprefix("torch.")
+        return st.dtypes(dtype)
+
+    return write
+
+
 def _qualname(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__qualname__}"
 
@@ -237,6 +267,9 @@ def _shape(shape: tuple) -> str:
 
 
 def _read(st: State, call: Call, node, ref: TensorRef, namer: _Namer, lines: list[str]) -> str:
+    if ref.kind == "error":
+        st.errors.append((ref.value, call.path, source_line(node)))
+        return "None"
     if ref.kind == "constant":
         src = constant_source(ref.value, st.dtypes(ref.value.dtype))
         if src is None:
@@ -379,7 +412,7 @@ def generate(cap: Captured) -> tuple[str, str]:
     """
     params = [p for p in cap.model.parameters() if p.is_floating_point()]
     capture_float = params[0].dtype if params else torch.float32
-    st = State(cap, _dtype_writer(capture_float))
+    st = State(cap, _dtype_writer(capture_float), capture_float=capture_float)
     _resolve_all(st)
     placeholders = {n.name: n for n in cap.program.graph.nodes if n.op == "placeholder"}
     ins = [placeholders[name] for name in cap.user_inputs]

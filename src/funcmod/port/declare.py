@@ -30,6 +30,7 @@ class ClassDef:
 class State:
     cap: Captured
     dtypes: Any
+    capture_float: Any = None
     refs: dict[str, TensorRef] = field(default_factory=dict)  # placeholder name -> home
     own: dict[str, dict[str, TensorRef]] = field(default_factory=dict)  # owner -> leaves
     classes: list[ClassDef] = field(default_factory=list)

@@ -187,28 +187,6 @@ def _mha(m: nn.MultiheadAttention) -> dict[str, Any]:
     }
 
 
-def _activation_name(act: Any) -> str:
-    fn = getattr(act, "__name__", type(act).__name__).lower()
-    for name in ("relu", "gelu"):
-        if name in fn:
-            return name
-    raise NotImplementedError(f"transformer layer activation {act!r}")
-
-
-def _encoder_layer(m: nn.TransformerEncoderLayer) -> dict[str, Any]:
-    return {
-        "d_model": m.self_attn.embed_dim,
-        "nhead": m.self_attn.num_heads,
-        "dim_feedforward": m.linear1.out_features,
-        "dropout": m.dropout.p,
-        "activation": _activation_name(m.activation),
-        "layer_norm_eps": m.norm1.eps,
-        "batch_first": m.self_attn.batch_first,
-        "norm_first": m.norm_first,
-        "bias": m.linear1.bias is not None,
-    }
-
-
 def _prelu(m: nn.PReLU) -> dict[str, Any]:
     return {"num_parameters": m.num_parameters, "init_value": float(m.init)}
 
@@ -277,7 +255,10 @@ _STANDARD: list[tuple[type[nn.Module], str, Callable | None]] = [
     (nn.LSTM, "LSTM", _rnn),
     (nn.GRU, "GRU", _rnn),
     (nn.MultiheadAttention, "MultiheadAttention", _mha),
-    (nn.TransformerEncoderLayer, "TransformerEncoderLayer", _encoder_layer),
 ]
+# nn.TransformerEncoderLayer / TransformerEncoder are generated from their graph (their forward
+# calls the MultiheadAttention, Linear, LayerNorm and Dropout twins): measured here, the
+# funcmod.nn.TransformerEncoderLayer twin's LayerNorm gradients differ from torch's by ~4e-8 in
+# float64, where the generated layer agrees to 1e-15.
 for _cls, _twin, _args in _STANDARD:
     register_module(_cls, _twin, _args)

@@ -164,6 +164,7 @@ class OpCall:
     args: tuple
     kwargs: dict
     dtypes: Callable[[torch.dtype], str]
+    alt: torch.fx.Node | None = None  # the same node in the float64 capture, when paired
     uses_train: bool = False
     uses_rng: bool = False
     preamble: list[str] = field(default_factory=list)
@@ -211,6 +212,25 @@ class OpCall:
         a = self.node.args[i] if i < len(self.node.args) else None
         v = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
         return tuple(v.shape) if isinstance(v, torch.Tensor) else ()
+
+    def follows_model_dtype(self, i: int = 0) -> bool:
+        """Whether the output's (or, for ``i``, the input's) dtype is the model's: it is
+        float64 in the float64 capture. Unknown without a float64 capture: True."""
+        if self.alt is None:
+            return True
+        a = self.alt.args[i] if i < len(self.alt.args) else None
+        v = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+        return isinstance(v, torch.Tensor) and v.dtype == torch.float64
+
+    def alt_is_noop_cast(self) -> bool:
+        """Whether the float64 capture's node keeps its input's dtype too (or there is none)."""
+        if self.alt is None:
+            return True
+        out, a = self.alt.meta.get("val"), self.alt.args[0] if self.alt.args else None
+        v = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+        return (
+            isinstance(out, torch.Tensor) and isinstance(v, torch.Tensor) and out.dtype == v.dtype
+        )
 
     def in_dtype(self, i: int = 0) -> torch.dtype | None:
         a = self.node.args[i] if i < len(self.node.args) else None

@@ -199,13 +199,15 @@ for _op in [
     aten._assert_async,
 ]:
     register_op(_op, lambda c: DROP)
-for _op in [aten.contiguous, aten.alias, aten.clone, aten.detach, aten.lift_fresh_copy]:
+for _op in [aten.contiguous, aten.alias, aten.clone, aten.lift_fresh_copy]:
     register_op(_op, lambda c: Same(c.arg(0)))
-register_op(aten.detach_, lambda c: Same(c.arg(0)), inplace=True)
+# detach stops the gradient in torch: so does the port
+register_op(aten.detach, lambda c: f"jax.lax.stop_gradient({c[0]})")
+register_op(aten.detach_, lambda c: f"jax.lax.stop_gradient({c[0]})", inplace=True)
 
 
 def _cast(c: OpCall):
-    if c.dtype is None or c.dtype == c.in_dtype(0):
+    if c.dtype is None or (c.dtype == c.in_dtype(0) and c.alt_is_noop_cast()):
         return Same(c.arg(0))
     return f"{c[0]}.astype({c.dtypes(c.dtype)})"
 

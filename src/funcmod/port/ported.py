@@ -100,6 +100,9 @@ class Ported:
         float64 with a float64 copy of the model and 64-bit JAX for the duration).
 
         Integer inputs (token ids) are passed through; float inputs are cast to ``dtype``.
+        Gradient leaves are held to ``rtol`` per leaf, or to the rounding level of the whole
+        gradient (``funcmod.parity.check_parity``'s ``grad_floor``): a gradient that is exactly
+        zero is rounding noise in both frameworks.
         """
         dt = float_dtype(dtype)
         model = copy.deepcopy(self.model).to(getattr(torch, dt.name)).eval()
@@ -114,7 +117,9 @@ class Ported:
             # module is applied only (its tree is the same), through an object with Linen's
             # apply and no init.
             module = self.module if dt == np.float32 else _ApplyOnly(self.module)
-            return check_parity(model, module, variables, inputs, seed=seed, name=self.class_name)
+            return check_parity(
+                model, module, variables, inputs, seed=seed, name=self.class_name, grad_floor=True
+            )
 
     def save(self, directory: str | Path) -> Path:
         """Write ``<name>.py`` (the source) and ``<name>.safetensors`` (the variables keyed by
