@@ -27,7 +27,14 @@ from typing import Any
 from funcmod.articles import EXAMPLES, models, nnx_models
 from funcmod.tools.charts import CHARTS, load_results, write_charts
 
-__all__ = ["RESULTS_ENV", "example_page", "examples_index", "on_files", "on_post_build"]
+__all__ = [
+    "RESULTS_ENV",
+    "example_page",
+    "examples_index",
+    "generated_pages",
+    "on_files",
+    "on_post_build",
+]
 
 RESULTS_ENV = "FUNCMOD_RESULTS"
 _TEMP: list[str] = []  # the charts' folder of the build in progress, removed after it
@@ -209,6 +216,11 @@ def _results_page(found: dict[str, Any], results: Path, charts: dict[str, Path |
     return "\n".join(lines) + "\n"
 
 
+def generated_pages() -> list[str]:
+    """The pages this hook adds to the site, as paths under ``docs/`` (for link checks)."""
+    return ["examples/index.md", "results.md"] + [f"examples/{name}.md" for name in EXAMPLES]
+
+
 def on_files(files: Any, config: Any) -> Any:
     """mkdocs hook: add the generated pages and charts to the site's files."""
     from mkdocs.structure.files import File
@@ -230,6 +242,7 @@ def on_files(files: Any, config: Any) -> Any:
     }
     for name in EXAMPLES:
         pages[f"examples/{name}.md"] = example_page(name, rows.get(name), measured)
+    assert list(pages) == generated_pages()
     for uri, content in pages.items():
         files.append(File.generated(config, uri, content=content))
     return files
