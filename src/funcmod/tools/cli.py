@@ -9,6 +9,7 @@
     funcmod digits {mlp,cnn}        train on scikit-learn's digits in both frameworks
     funcmod charts                  the site's charts, drawn from the tools' JSON
     funcmod gallery [--check]       docs/gallery: the ported source of every corpus model
+    funcmod port FILE.py:FACTORY    a torch model as Flax source, weights and parity table
 
 Each tool module registers its subcommand with ``add_parser(subparsers)`` and gives it a
 ``run(args) -> int``; ``main(argv)`` parses and returns that exit status (2 for bad arguments,
@@ -21,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from funcmod.tools import charts, compare, digits, distributed, gallery, show, trajectory
+from funcmod.tools import charts, compare, digits, distributed, gallery, port, show, trajectory
 from funcmod.tools.bench import command as bench
 
 __all__ = ["build_parser", "main"]
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``funcmod`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="funcmod", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for tool in (compare, show, trajectory, bench, distributed, digits, charts, gallery):
+    for tool in (compare, show, trajectory, bench, distributed, digits, charts, gallery, port):
         tool.add_parser(sub)
     return parser
 
