@@ -228,3 +228,14 @@ def test_stack_batches():
     assert stacked[0].shape == (3, 4, 10) and stacked[1].shape == (3, 4, 2)
     with pytest.raises(ValueError, match="at least one"):
         stack_batches([])
+
+
+def test_wide_batch_is_refused_before_the_step_and_named():
+    """The per-step dtype check (cheap when the batch is fine) still names a float64 leaf."""
+    _, state = mlp_state(np.float32)
+    step = make_train_step(mse)
+    x, y = np.ones((4, 10)), np.ones((4, 2), np.float32)  # x: float64 (numpy's default)
+    with pytest.raises(ValueError, match=r"\{'batch/0': 'float64'\}"):
+        step(state, (x, y))
+    state, metrics = step(state, (x.astype(np.float32), y))  # the state was not consumed
+    assert metrics["loss"].dtype == np.float32 and int(state.step) == 1

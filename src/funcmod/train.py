@@ -232,6 +232,15 @@ def check_batch_dtypes(batch: Any) -> None:
     another precision than the data's."""
     if jax.config.jax_enable_x64:
         return
+    # Called before every step, so the common case is a plain loop over the leaves' dtypes; the
+    # paths are built only to name a wide leaf (building them every step cost about a fifth of a
+    # small model's step: docs/pitfalls.md, "The train step's overhead").
+    for leaf in jax.tree.leaves(batch):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and dtype in _WIDE:
+            break
+    else:
+        return
     wide = {
         f"batch/{path}" if path else "batch": np.dtype(leaf.dtype).name
         for path, leaf in leaves_with_paths(batch).items()
