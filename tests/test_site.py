@@ -195,6 +195,21 @@ def test_the_site_fetches_nothing(site):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("doc", ["migration", "getting-started", "index"])
+def test_the_site_shows_the_snippets_the_tests_run(site, doc):
+    """Every python block test_docs executes appears on the built page, tabs included: one
+    source, no second copy."""
+    from tests.test_docs import parse
+
+    built = site / ("index.html" if doc == "index" else f"{doc}/index.html")
+    page = _squeezed(built.read_text(encoding="utf-8"))
+    blocks = [b for b in parse(ROOT / "docs" / f"{doc}.md") if b.tag == "python"]
+    assert blocks
+    missing = [b.line for b in blocks if re.sub(r"[\s*]+", "", b.code) not in page]
+    assert not missing, f"docs/{doc}.md: blocks at lines {missing} are not on the page"
+
+
+@pytest.mark.slow
 def test_migration_page_shows_the_tested_tabs(site):
     page = (site / "migration" / "index.html").read_text(encoding="utf-8")
     assert page.count('class="tabbed-set') >= 10
