@@ -276,6 +276,11 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     expected |= {"rule:fwd+bwd", "lax:fwd+bwd", "torch:fwd+bwd", "torch_t1:fwd+bwd"}
     assert set(r["times"]) == expected and all(t > 0 for t in r["times"].values())
     assert set(r["picks"]) == set(convs.PASSES)
+    cost = r["xla_cost"]
+    assert cost["flops"] > 0 and cost["bytes"] > 0 and cost["min_bytes"] > 0
+    assert cost["conv_flops"] == 3 * 2 * (2 * 3 * 3 * 4) * 3 * 3  # 3 passes, ct (2, 3, 3, 4)
+    slower = r["times"]["rule:fwd+bwd"] > r["times"]["torch:fwd+bwd"]
+    assert (r["why_slower"] is not None) == slower
     assert r["torch_over_rule"] == pytest.approx(
         r["times"]["torch:fwd+bwd"] / r["times"]["rule:fwd+bwd"]
     )

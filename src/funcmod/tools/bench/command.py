@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
         "--conv-inputs",
         nargs="+",
         metavar="SIZExBATCH",
-        help="the conv grid's network inputs (default 64x2 64x32 224x2)",
+        help="the conv grid's network inputs (default 64x2 224x2)",
     )
     p.set_defaults(run=run)
 

@@ -3,8 +3,9 @@
 
 The grid (``default_grid``) is the distinct convolutions of a ResNet-18 and of a MobileNetV3
 (large; a representative subset of its bottlenecks: expansion, depthwise 3x3 and 5x5 at both
-strides, projection, squeeze-excite), at 64x64 inputs (batch 2 and 32) and 224x224 inputs
-(batch 2). For each row it times, interleaved in rounds like ``funcmod bench``:
+strides, projection, squeeze-excite), at 64x64 and 224x224 inputs, batch 2 (other inputs and
+batches: ``default_grid(((64, 32),))``, ``--conv-inputs 64x32``). For each row it times,
+interleaved in rounds like ``funcmod bench``:
 
 * each pass alone with each lowering valid for the shape (``conv_rule.valid_lowerings``):
   ``fwd`` (the convolution), ``dx`` (the input gradient alone: a VJP with a fixed cotangent,
@@ -105,9 +106,7 @@ def _mobilenet_v3(r: int) -> list[tuple[str, int, int, int, int, int, int]]:
     ]
 
 
-def default_grid(
-    inputs: Sequence[tuple[int, int]] = ((64, 2), (64, 32), (224, 2)),
-) -> list[ConvRow]:
+def default_grid(inputs: Sequence[tuple[int, int]] = ((64, 2), (224, 2))) -> list[ConvRow]:
     """Every distinct conv of ``_resnet18`` and ``_mobilenet_v3`` at each (input size, batch)."""
     rows: list[ConvRow] = []
     for r, batch in inputs:
@@ -143,8 +142,11 @@ class ConvBenchConfig:
             )
 
 
-def _jax_runs(row: ConvRow, x: jax.Array, k: jax.Array, ct: jax.Array) -> tuple[dict, Any]:
-    """The jitted calls of one row, each as ``run(n)``; and the rule's plan."""
+def _jax_runs(
+    row: ConvRow, x: jax.Array, k: jax.Array, ct: jax.Array
+) -> tuple[dict, Any, dict[str, float]]:
+    """The jitted calls of one row, each as ``run(n)``; the rule's plan; and XLA's cost analysis
+    of the rule's compiled forward + backward (``flops``, ``bytes`` accessed)."""
     from funcmod.nn.conv import Plan, conv_general_dilated, conv_plan
     from funcmod.nn.conv_rule import valid_lowerings
 
@@ -185,7 +187,9 @@ def _jax_runs(row: ConvRow, x: jax.Array, k: jax.Array, ct: jax.Array) -> tuple[
 
         return run
 
-    return {name: runner(fn) for name, fn in fns.items()}, rule
+    cost = jitted["rule:fwd+bwd"].lower(x, k).compile().cost_analysis()
+    xla = {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
+    return {name: runner(fn) for name, fn in fns.items()}, rule, xla
 
 
 def _torch_runs(
@@ -230,7 +234,7 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     p = row.kernel // 2
     out = (row.size + 2 * p - row.kernel) // row.stride + 1
     ct = rng.standard_normal((row.batch, out, out, row.c_out)).astype(np.float32)
-    runs, plan = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
+    runs, plan, xla = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
     runs.update(_torch_runs(row, x, k, ct, config.torch_threads))
     first = {}
     for name, run in runs.items():  # compile and warm up, untimed
@@ -261,6 +265,11 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
             "ok": chosen in timed and timed[chosen] <= (1 + NOISE) * timed[fastest],
         }
     rule_t = times["rule:fwd+bwd"]
+    # The convolution's own work: 2 * N * Ho * Wo * O * (kh * kw * C / groups) FLOPs per pass,
+    # and the operands each pass must read or write at least once (x, k, y, ct, dx, dk).
+    conv_flops = 3 * 2 * ct.size * row.kernel * row.kernel * (row.c_in // row.groups)
+    min_bytes = 4 * (2 * x.size + 2 * k.size + 2 * ct.size)
+    cost = {**xla, "conv_flops": float(conv_flops), "min_bytes": float(min_bytes)}
     return {
         **asdict(row),
         "label": row.label(),
@@ -272,7 +281,28 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
         "picks": picks,
         "torch_over_rule": times["torch:fwd+bwd"] / rule_t,
         "lax_over_rule": times["lax:fwd+bwd"] / rule_t,
+        "xla_cost": cost,
+        "why_slower": _why_slower(cost, rule_t, times["torch:fwd+bwd"]),
     }
+
+
+def _why_slower(cost: dict[str, float], rule_s: float, torch_s: float) -> str | None:
+    """Where the rule's plan is slower than torch, what XLA's cost analysis of its compiled
+    forward + backward says: its FLOPs against the convolution's, the bytes it moves against
+    the operands', and the rates both reach on the convolution's FLOPs. None when not slower."""
+    if rule_s <= torch_s:
+        return None
+    flops_x = cost["flops"] / cost["conv_flops"]
+    bytes_x = cost["bytes"] / cost["min_bytes"]
+    rates = (
+        f"{cost['conv_flops'] / rule_s / 1e9:.1f} GFLOP/s vs torch "
+        f"{cost['conv_flops'] / torch_s / 1e9:.1f}"
+    )
+    if bytes_x >= 4.0:
+        return f"memory traffic: XLA moves {bytes_x:.1f}x the operands' bytes; {rates}"
+    if flops_x >= 1.5:
+        return f"extra work: XLA computes {flops_x:.1f}x the convolution's FLOPs; {rates}"
+    return f"slower kernels at the same work ({flops_x:.1f}x FLOPs, {bytes_x:.1f}x bytes); {rates}"
 
 
 def run_conv_bench(
@@ -330,8 +360,8 @@ def render_conv_markdown(result: dict[str, Any]) -> str:
         "",
         "| conv | plan (fwd/dx/dk) | torch fwd+bwd | lax fwd+bwd | rule fwd+bwd | torch / rule "
         "| lax / rule | lax fwd/dx/dk | direct fwd/dx/dk | depthwise fwd/dx/dk | "
-        "patches fwd/dx/dk | rule fastest? |",
-        "|" + "---|" * 12,
+        "patches fwd/dx/dk | rule fastest? | slower than torch: why (XLA cost analysis) |",
+        "|" + "---|" * 13,
     ]
     missed = 0
     for r in result["rows"]:
@@ -360,6 +390,7 @@ def render_conv_markdown(result: dict[str, Any]) -> str:
             f"{r['lax_over_rule']:.2f}x",
             *per,
             "yes" if not bad else "no: " + ", ".join(bad),
+            r["why_slower"] or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(result["rows"])
