@@ -183,6 +183,18 @@ def test_example_pages_show_sources_and_measured_numbers(site, results):
 
 
 @pytest.mark.slow
+def test_gallery_page_shows_every_generated_port(site):
+    page = (site / "gallery" / "index.html").read_text(encoding="utf-8")
+    squeezed = _squeezed(page)
+    files = sorted((ROOT / "docs" / "gallery").glob("*.py"))
+    assert files
+    for path in files:  # the file as funcmod gallery wrote it, under its model's heading
+        assert f'id="{path.stem}"' in page, path.name
+        assert re.sub(r"[\s*]+", "", path.read_text(encoding="utf-8")) in squeezed, path.name
+    assert "PyTorch (funcmod.corpus)" in _text(page)
+
+
+@pytest.mark.slow
 def test_the_site_fetches_nothing(site):
     fetched = []
     for page in site.rglob("*.html"):

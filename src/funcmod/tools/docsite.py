@@ -6,7 +6,10 @@ nothing on them is typed in or copied.
   ``funcmod.articles.EXAMPLES``: the PyTorch twin, the Linen port and the NNX port (their source,
   as tabs) and the parity table of every leaf in float32 and float64, from ``compare.json``;
 * ``results.md``: the parity, bench and digits charts (``funcmod.tools.charts``) and the bench
-  table (the bench's own markdown).
+  table (the bench's own markdown);
+* ``gallery.md``: every model of ``funcmod.corpus`` as its PyTorch classes and the Flax source
+  ``funcmod.port`` generated for it (``docs/gallery/<name>.py``, written by ``funcmod
+  gallery``), side by side as tabs.
 
 The JSON is read from ``$FUNCMOD_RESULTS`` or else ``results/`` beside ``mkdocs.yml`` (``make
 docs`` runs ``funcmod compare --json`` into it first). A file that is not there gives a visible
@@ -31,6 +34,7 @@ __all__ = [
     "RESULTS_ENV",
     "example_page",
     "examples_index",
+    "gallery_page",
     "generated_pages",
     "on_files",
     "on_post_build",
@@ -216,9 +220,44 @@ def _results_page(found: dict[str, Any], results: Path, charts: dict[str, Path |
     return "\n".join(lines) + "\n"
 
 
+def gallery_page(gallery: Path) -> str:
+    """The port gallery: per corpus model, the torch classes it is built from (in the order the
+    model first uses them) and the generated Flax source kept in ``gallery/<name>.py``."""
+    from funcmod.corpus import CORPUS
+
+    lines = [
+        "# Port gallery",
+        "",
+        "Every model of the porter's corpus (`funcmod.corpus`, plain PyTorch written the way its "
+        "usual sources write it) next to the Flax Linen source `funcmod.port` generates for it. "
+        "The Flax tab is the file `docs/gallery/<name>.py` that `funcmod gallery` writes and "
+        "`funcmod gallery --check` compares with what the porter generates now.",
+        "",
+    ]
+    for name, entry in CORPUS.items():
+        model = entry.build()
+        classes = list(
+            dict.fromkeys(
+                type(m) for m in model.modules() if type(m).__module__.startswith("funcmod.")
+            )
+        )
+        torch_source = "\n\n".join(inspect.getsource(cls).rstrip() for cls in classes)
+        path = gallery / f"{name}.py"
+        lines += [f"## {name}", ""]
+        if not path.is_file():
+            lines.append(_missing(f"gallery/{name}.py", f"funcmod gallery {name}"))
+            continue
+        flax_source = path.read_text(encoding="utf-8")
+        lines.append(
+            _tabs({"PyTorch (funcmod.corpus)": torch_source, "Flax (funcmod.port)": flax_source})
+        )
+    return "\n".join(lines) + "\n"
+
+
 def generated_pages() -> list[str]:
     """The pages this hook adds to the site, as paths under ``docs/`` (for link checks)."""
-    return ["examples/index.md", "results.md"] + [f"examples/{name}.md" for name in EXAMPLES]
+    pages = ["examples/index.md", "results.md", "gallery.md"]
+    return pages + [f"examples/{name}.md" for name in EXAMPLES]
 
 
 def on_files(files: Any, config: Any) -> Any:
@@ -239,6 +278,7 @@ def on_files(files: Any, config: Any) -> Any:
     pages = {
         "examples/index.md": examples_index(compare, measured, bool(charts["parity"])),
         "results.md": _results_page(found, results, charts),
+        "gallery.md": gallery_page(Path(config.docs_dir) / "gallery"),
     }
     for name in EXAMPLES:
         pages[f"examples/{name}.md"] = example_page(name, rows.get(name), measured)
