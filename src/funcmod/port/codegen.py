@@ -405,7 +405,7 @@ def _return(outs: Any, env: dict, root: bool, st: State) -> str:
 
 
 def generate(cap: Captured) -> tuple[str, str]:
-    """The module source (without imports) and the root class's name.
+    """The module source (imports and classes) and the root class's name.
 
     Raises:
       CodegenError: structures the generator cannot write, each with its module path.
@@ -430,4 +430,5 @@ def generate(cap: Captured) -> tuple[str, str]:
         lines = [f"  {what}  in {path or '<root>'}  {where}" for what, path, where in st.errors]
         raise CodegenError("cannot generate:\n" + "\n".join(lines))
     blocks = [f"class {c.name}(linen.Module):\n{c.text}\n" for c in st.classes]
-    return "\n\n".join(blocks), root.name
+    imports = "".join(f"import {m}\n" for m in sorted(st.imports))
+    return HEADER + imports + "\n\n" + "\n\n".join(blocks), root.name

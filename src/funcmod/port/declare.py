@@ -37,6 +37,7 @@ class State:
     by_path: dict[str, ClassDef] = field(default_factory=dict)
     by_text: dict[tuple[str, str], ClassDef] = field(default_factory=dict)
     errors: list[tuple[str, str, str]] = field(default_factory=list)
+    imports: set[str] = field(default_factory=set)  # modules of registered twins
 
 
 def attr_expr(model: nn.Module, base: str, path: str) -> str:
@@ -111,7 +112,10 @@ def _decl(st: State, path: str, needed: set[str]) -> str:
     model = st.cap.model
     m = model.get_submodule(path)
     if path in st.cap.twins:
-        return twin_source(m, st.cap.twins[path])
+        spec = st.cap.twins[path]
+        if not spec.twin.startswith("nn."):  # a registered class of your own: imported
+            st.imports.add(spec.cls.__module__)
+        return twin_source(m, spec)
     if path in st.by_path:
         return f"{st.by_path[path].name}()"
     under = [p for p in needed if p.startswith(path + ".")]

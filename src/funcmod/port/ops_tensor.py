@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.fx
 
 from funcmod.port.ops import DROP, OpCall, Same, Var, register_op
 
@@ -21,14 +22,22 @@ __all__: list[str] = []  # registers emitters in funcmod.port.ops.OPS
 aten = torch.ops.aten
 
 
-def _operand(c: OpCall, value, dtype: torch.dtype | None) -> str:
-    """``value`` as source, cast to ``dtype`` when it is a tensor of another dtype."""
-    if isinstance(value, Var) and dtype is not None:
-        node = next((a for a in c.node.all_input_nodes if a.name == value.name), None)
-        v = node.meta.get("val") if node is not None else None
-        if isinstance(v, torch.Tensor) and v.dtype != dtype:
-            return f"{value.name}.astype({c.dtypes(dtype)})"
-    return c.r(value)
+def _operand(c: OpCall, i: int, dtype: torch.dtype | None) -> str:
+    """Argument ``i`` as source: cast to ``dtype`` when it is a tensor of another dtype, and
+    given leading axes of size 1 when its rank is below the output's (torch broadcasts ranks
+    silently, JAX's ``rank_promotion='raise'`` would not)."""
+    value = c.args[i] if i < len(c.args) else None
+    node = c.node.args[i] if i < len(c.node.args) else None
+    v = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    text = c.r(value)
+    if not isinstance(value, Var) or not isinstance(v, torch.Tensor):
+        return text
+    missing = len(c.shape) - v.ndim
+    if v.ndim and missing > 0:
+        text = f"{text}[{', '.join(['None'] * missing)}]"
+    if dtype is not None and v.dtype != dtype:
+        text = f"{text}.astype({c.dtypes(dtype)})"
+    return text
 
 
 def _promoted(c: OpCall) -> torch.dtype | None:
@@ -45,7 +54,7 @@ def _promoted(c: OpCall) -> torch.dtype | None:
 def _binary(symbol: str, compare: bool = False):
     def emit(c: OpCall) -> str:
         dtype = _promoted(c) if compare else c.dtype
-        a, b = _operand(c, c.arg(0), dtype), _operand(c, c.arg(1), dtype)
+        a, b = _operand(c, 0, dtype), _operand(c, 1, dtype)
         alpha = c.kwargs.get("alpha", 1)
         if alpha != 1:
             b = f"{c.r(alpha)} * {b}"
@@ -57,7 +66,7 @@ def _binary(symbol: str, compare: bool = False):
 def _func(name: str, *extra: str):
     def emit(c: OpCall) -> str:
         cast = c.dtype if c.dtype is not None and c.dtype.is_floating_point else None
-        args = [_operand(c, a, cast) if isinstance(a, Var) else c.r(a) for a in c.args]
+        args = [_operand(c, i, cast) for i in range(len(c.args))]
         return f"{name}({', '.join([*args, *extra])})"
 
     return emit
@@ -101,7 +110,7 @@ register_op(aten.rsub.Tensor, lambda c: f"{c[1]} - {c[0]}")
 
 def _div_mode(c: OpCall) -> str:
     mode = c.kwargs.get("rounding_mode", c.arg(2))
-    a, b = _operand(c, c.arg(0), c.dtype), _operand(c, c.arg(1), c.dtype)
+    a, b = _operand(c, 0, c.dtype), _operand(c, 1, c.dtype)
     if mode == "floor":
         return f"{a} // {b}" if not c.dtype.is_floating_point else f"jnp.floor({a} / {b})"
     if mode == "trunc":
@@ -174,16 +183,23 @@ register_op(aten.clamp_min_, lambda c: f"jnp.maximum({c[0]}, {c[1]})", inplace=T
 
 
 def _where(c: OpCall) -> str:
-    a, b = _operand(c, c.arg(1), c.dtype), _operand(c, c.arg(2), c.dtype)
-    return f"jnp.where({c[0]}, {a}, {b})"
+    a, b = _operand(c, 1, c.dtype), _operand(c, 2, c.dtype)
+    return f"jnp.where({_operand(c, 0, None)}, {a}, {b})"
 
 
 register_op(aten.where.self, _where)
 register_op(aten.where.ScalarOther, _where)
 register_op(aten.where.ScalarSelf, _where)
 register_op(aten.where.Scalar, _where)
-register_op(aten.masked_fill.Scalar, lambda c: f"jnp.where({c[1]}, {c[2]}, {c[0]})")
-register_op(aten.masked_fill_.Scalar, lambda c: f"jnp.where({c[1]}, {c[2]}, {c[0]})", inplace=True)
+register_op(
+    aten.masked_fill.Scalar,
+    lambda c: f"jnp.where({_operand(c, 1, None)}, {c[2]}, {_operand(c, 0, None)})",
+)
+register_op(
+    aten.masked_fill_.Scalar,
+    lambda c: f"jnp.where({_operand(c, 1, None)}, {c[2]}, {_operand(c, 0, None)})",
+    inplace=True,
+)
 register_op(
     aten.masked_fill.Tensor,
     lambda c: f"jnp.where({c[1]}, {c[2]}.astype({c[0]}.dtype), {c[0]})",

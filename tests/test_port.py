@@ -1,0 +1,231 @@
+"""funcmod.port: the seed examples' twins port with the hand-written ports' parity and parameter
+trees; unsupported ops are all listed before any code is written; a saved port loads back
+without torch; register_op / register_module extend it; the command line's exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from flax import linen, traverse_util
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+from funcmod.articles.catalog import EXAMPLES, get_example  # noqa: E402
+from funcmod.port import UnsupportedError, load, port, register_module, register_op  # noqa: E402
+from funcmod.port.ops import OPS  # noqa: E402
+from funcmod.tools.cli import main  # noqa: E402
+
+FAST = {"MLP", "SimpleCNN", "CustomLinear"}
+
+
+def _shapes(tree):
+    return {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _example_port(name: str):
+    ex = get_example(name)
+    torch.manual_seed(0)
+    twin = ex.torch_module()
+    xs = ex.make_inputs(np.random.default_rng(0), 2, image_size=8)
+    return ex, twin, xs, port(twin, tuple(torch.from_numpy(x) for x in xs))
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in EXAMPLES]
+)
+def test_article_twin_ports_with_parity_and_the_hand_written_tree(name):
+    ex, _, xs, ported = _example_port(name)
+    r32, r64 = ported.check(np.float32), ported.check(np.float64)
+    assert r32.ok and r64.ok, f"{r32}\n{r64}"
+    assert (r32.rtol, r64.rtol) == (1e-5, 1e-12)  # the hand-written ports' targets
+    # the hand-written port's own tree (it takes NHWC images; shapes of params do not care)
+    hand = jax.eval_shape(ex.flax_module().init, jax.random.key(0), *ex.port_inputs(xs))
+    assert _shapes(ported.variables) == _shapes(hand)
+    # and the ported module's own init gives that tree too
+    mine = jax.eval_shape(ported.module.init, jax.random.key(0), *xs)
+    assert _shapes(mine) == _shapes(hand)
+
+
+def test_generated_source_reads_like_the_model():
+    _, _, _, ported = _example_port("SimpleCNN")
+    src = ported.source
+    assert "class SimpleCNN(linen.Module):" in src
+    assert "self.conv = nn.Conv2d(3, 16, 3, padding=1)" in src
+    assert "import torch" not in src and "funcmod.port" not in src.split('"""', 2)[2]
+
+
+class _Bad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(3, 3))
+        self.head = _BadHead()
+
+    def forward(self, x):
+        return self.head(torch.special.bessel_j0(self.inner(x)))
+
+
+class _BadHead(nn.Module):
+    def forward(self, x):
+        return torch.special.i0e(x) + torch.fft.fft(x).real
+
+
+def test_unsupported_error_lists_every_offender_with_its_path_and_line():
+    with pytest.raises(UnsupportedError) as info:
+        port(_Bad(), (torch.randn(2, 3),))
+    items = info.value.items
+    ops = {(what, path) for what, path, _ in items}
+    assert ("op aten.special_bessel_j0.default", "") in ops
+    assert ("op aten.special_i0e.default", "head") in ops
+    assert ("op aten.fft_fft.default", "head") in ops
+    assert all("test_port.py:" in where for _, _, where in items)
+    assert "return torch.special.i0e(x)" in str(info.value)
+
+
+class _Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.fc = nn.Linear(4, 3)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, idx, x):
+        return self.bn(self.fc(self.emb(idx).mean(1) + x))
+
+
+def test_integer_inputs_pass_through_and_save_load_gives_the_same_numbers(tmp_path):
+    torch.manual_seed(0)
+    model = _Small()
+    idx, x = torch.randint(0, 7, (3, 5)), torch.randn(3, 4)
+    ported = port(model, (idx, x))
+    r32, r64 = ported.check(), ported.check(np.float64)
+    assert r32.ok and r64.ok, f"{r32}\n{r64}"
+    assert {d.path for d in r32.grads if not d.path.startswith("params")} == {"x1"}  # no idx
+    ported.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.py", "small.safetensors"]
+    module, variables = load(tmp_path)
+    want = ported.module.apply(ported.variables, idx.numpy(), x.numpy())
+    got = module.apply(variables, idx.numpy(), x.numpy())
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # a fresh interpreter: the saved file imports and runs without torch
+    np.save(tmp_path / "idx.npy", idx.numpy())
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "want.npy", np.asarray(want))
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        from funcmod.port import load
+        d = {str(tmp_path)!r}
+        module, variables = load(d)
+        y = module.apply(variables, np.load(d + "/idx.npy"), np.load(d + "/x.npy"))
+        assert np.array_equal(np.asarray(y), np.load(d + "/want.npy"))
+        assert "torch" not in sys.modules, "load imported torch"
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
+def test_register_op_extends_the_table():
+    class Erfinv(nn.Module):
+        def forward(self, x):
+            return torch.erfinv(x) * 2
+
+    op = torch.ops.aten.erfinv.default
+    x = (torch.rand(2, 3) - 0.5,)
+    with pytest.raises(UnsupportedError, match="erfinv"):
+        port(Erfinv(), x)
+    register_op(op, lambda c: f"jax.scipy.special.erfinv({c[0]})")
+    try:
+        ported = port(Erfinv(), x)
+        assert "jax.scipy.special.erfinv(x)" in ported.source
+        assert ported.check().ok
+    finally:
+        del OPS[op]
+
+
+class Scale(nn.Module):
+    """A torch layer of one's own: ``x * weight``."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, n))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class ScaleTwin(linen.Module):
+    n: int
+
+    @linen.compact
+    def __call__(self, x):
+        w = self.param("weight", jax.nn.initializers.ones, (self.n,))
+        return x * w.reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+def test_register_module_uses_your_twin():
+    from funcmod.port.modules import MODULES
+
+    model = nn.Sequential(nn.Linear(3, 4), Scale(4))
+    register_module(Scale, ScaleTwin)
+    try:
+        ported = port(model, (torch.randn(2, 3),))
+        assert "ScaleTwin(4)" in ported.source and f"import {__name__}" in ported.source
+        assert ported.check().ok
+    finally:
+        del MODULES[Scale]
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    src = tmp_path / "net.py"
+    src.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(4, 3)
+
+                def forward(self, x):
+                    return torch.tanh(self.fc(x))
+
+            def net():
+                return Net()
+
+            def bad():
+                class Bad(nn.Module):
+                    def forward(self, x):
+                        return torch.special.bessel_j0(x)
+                return Bad()
+            """
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["port", f"{src}:net", "--input", "2,4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "float32" in text and "float64" in text and "PASS" in text
+    assert (out / "net.py").exists() and (out / "net.safetensors").exists()
+    assert main(["port", f"{src}:bad", "--input", "2,4"]) == 2
+    assert "bessel_j0" in capsys.readouterr().err
+    assert main(["port", f"{src}:net"]) == 2  # --input is required
+    assert main(["port", f"{src}:missing", "--input", "2,4"]) == 2
+    assert main(["port", f"{src}:net", "--input", "2,x"]) == 2
+    # a wrong emitter: the port computes something else, parity fails
+    op = torch.ops.aten.tanh.default  # an overload's entry wins over its packet's
+    assert op not in OPS
+    register_op(op, lambda c: f"jax.nn.sigmoid({c[0]})")
+    try:
+        assert main(["port", f"{src}:net", "--input", "2,4"]) == 1
+    finally:
+        del OPS[op]
+    assert "FAIL" in capsys.readouterr().out
