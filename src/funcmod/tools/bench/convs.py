@@ -21,11 +21,12 @@ the numbers are this command's.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -192,9 +193,10 @@ def _jax_runs(
     return {name: runner(fn) for name, fn in fns.items()}, rule, xla
 
 
-def _torch_runs(
-    row: ConvRow, x: np.ndarray, k: np.ndarray, ct: np.ndarray, threads: Sequence[int]
-) -> dict:
+def _torch_run(row: ConvRow, x: np.ndarray, k: np.ndarray, ct: np.ndarray) -> Callable[[int], None]:
+    """torch eager's conv2d and its backward with cotangent ``ct``, as ``run(n)``, at whatever
+    intra-op thread count is set (``_torch_threads`` sets it outside the timed calls: changing
+    it rebuilds torch's thread pool, which must not be charged to a measurement)."""
     import torch
 
     tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
@@ -202,24 +204,41 @@ def _torch_runs(
     tct = torch.from_numpy(np.ascontiguousarray(ct.transpose(0, 3, 1, 2)))
     p = row.kernel // 2
 
-    def step() -> None:
-        y = torch.nn.functional.conv2d(tx, tk, stride=row.stride, padding=p, groups=row.groups)
-        y.backward(tct)
-        tx.grad = tk.grad = None
+    def run(n: int) -> None:
+        for _ in range(n):
+            y = torch.nn.functional.conv2d(tx, tk, stride=row.stride, padding=p, groups=row.groups)
+            y.backward(tct)
+            tx.grad = tk.grad = None
 
-    def runner(t: int) -> Callable[[int], None]:
-        def run(n: int) -> None:
-            before = torch.get_num_threads()
-            torch.set_num_threads(t)
-            try:
-                for _ in range(n):
-                    step()
-            finally:
-                torch.set_num_threads(before)
+    return run
 
-        return run
 
-    return {f"torch_t{t}:fwd+bwd": runner(t) for t in threads}
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(runs: dict[str, Callable[[int], None]], config: ConvBenchConfig) -> tuple[dict, dict]:
+    """First-call seconds and median seconds per call of each run, interleaved in rounds."""
+    first = {}
+    for name, run in runs.items():  # compile and warm up, untimed
+        t0 = time.perf_counter()
+        run(1)
+        first[name] = time.perf_counter() - t0
+        run(1)
+    steps = {
+        name: steps_per_measurement(run, 1, config.min_time, config.max_steps)
+        for name, run in runs.items()
+    }
+    samples = time_interleaved(runs, steps, config.rounds)
+    return first, {name: statistics.median(s) for name, s in samples.items()}
 
 
 def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
@@ -235,19 +254,17 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     out = (row.size + 2 * p - row.kernel) // row.stride + 1
     ct = rng.standard_normal((row.batch, out, out, row.c_out)).astype(np.float32)
     runs, plan, xla = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
-    runs.update(_torch_runs(row, x, k, ct, config.torch_threads))
-    first = {}
-    for name, run in runs.items():  # compile and warm up, untimed
-        t0 = time.perf_counter()
-        run(1)
-        first[name] = time.perf_counter() - t0
-        run(1)
-    steps = {
-        name: steps_per_measurement(run, 1, config.min_time, config.max_steps)
-        for name, run in runs.items()
-    }
-    samples = time_interleaved(runs, steps, config.rounds)
-    times = {name: statistics.median(s) for name, s in samples.items()}
+    torch_run = _torch_run(row, x, k, ct)
+    # JAX's runs interleaved with torch at its first thread count, then torch at each other
+    # count on its own (the thread count changes only between measurements).
+    first_t = config.torch_threads[0]
+    with _torch_threads(first_t):
+        first, times = _measure({**runs, f"torch_t{first_t}:fwd+bwd": torch_run}, config)
+    for t in config.torch_threads[1:]:
+        with _torch_threads(t):
+            more_first, more = _measure({f"torch_t{t}:fwd+bwd": torch_run}, config)
+        times.update(more)
+        first.update(more_first)
     torch_names = [n for n in times if n.startswith("torch_t")]
     best_torch = min(torch_names, key=times.__getitem__)
     times["torch:fwd+bwd"] = times[best_torch]
