@@ -229,3 +229,43 @@ def test_cli_exit_codes(tmp_path, capsys):
     finally:
         del OPS[op]
     assert "FAIL" in capsys.readouterr().out
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_gradient_floor_marks_the_exactly_zero_key_bias_and_nothing_else():
+    torch.manual_seed(0)
+    report = port(_SelfAttention(), (torch.randn(2, 5, 8),)).check()
+    assert report.ok, str(report)
+    # softmax is shift-invariant per query row: the key bias's exact gradient is zero
+    assert report.floored == ["params/attn/k_proj/bias"]
+    assert "flr " in str(report) and "gradient floor" in str(report)
+
+
+def test_a_wrong_gradient_above_the_floor_still_fails():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))
+
+    op = torch.ops.aten.tanh.default
+    # the same forward values, no gradient through tanh: every gradient below it is wrong
+    register_op(op, lambda c: f"jax.lax.stop_gradient(jnp.tanh({c[0]}))")
+    try:
+        report = port(Net(), (torch.randn(2, 4),)).check()
+    finally:
+        del OPS[op]
+    assert all(d.ok for d in report.forward)
+    failed = {d.path for d in report.grads if not d.ok}
+    assert {"params/fc/kernel", "params/fc/bias", "x0"} <= failed
+    assert report.floored == []

@@ -60,6 +60,16 @@ class ParityReport:
     def ok(self) -> bool:
         return all(d.ok for d in self.forward + self.grads)
 
+    @property
+    def floored(self) -> list[str]:
+        """Gradient leaves that pass only through the gradient floor (``grad_floor``): their
+        relative error is above ``rtol``, their absolute error within ``grad_atol``."""
+        return [
+            d.path
+            for d in self.grads
+            if self.grad_atol and d.ok and d.max_rel > self.rtol and d.max_abs > self.atol
+        ]
+
     @staticmethod
     def _max(diffs: list[LeafDiff], attr: str) -> float:
         return max((getattr(d, attr) for d in diffs), default=0.0)
@@ -87,6 +97,7 @@ class ParityReport:
             "rtol": self.rtol,
             "atol": self.atol,
             "grad_atol": self.grad_atol,
+            "floored": self.floored,
             "ok": self.ok,
             "forward": [d.to_dict() for d in self.forward],
             "grads": [d.to_dict() for d in self.grads],
@@ -96,13 +107,25 @@ class ParityReport:
         status = "PASS" if self.ok else "FAIL"
         floor = f", gradient floor {self.grad_atol:.2e}" if self.grad_atol else ""
         lines = [f"{self.name} [{self.dtype}] {status} (rtol {self.rtol:g}{floor})"]
+        floored = set(self.floored)
         for kind, diffs in (("forward", self.forward), ("grad", self.grads)):
             for d in diffs:
-                mark = "ok  " if d.ok else "FAIL"
+                mark = (
+                    "FAIL"
+                    if not d.ok
+                    else "flr "
+                    if kind == "grad" and d.path in floored
+                    else "ok  "
+                )
                 lines.append(
                     f"  {mark} {kind:7} {d.path:32} {d.shape!s:18} "
                     f"max abs {d.max_abs:.2e}  max rel {d.max_rel:.2e}"
                 )
+        if floored:
+            lines.append(
+                f"  flr: passes only through the gradient floor (max abs <= {self.grad_atol:.2e},"
+                " rtol times the largest gradient element): an exactly-zero gradient"
+            )
         return "\n".join(lines)
 
 

@@ -44,6 +44,13 @@ from funcmod.nn import functional as F
 _RESERVED = {"self", "train", "jnp", "jax", "F", "nn", "linen", "float", "int", "bool", "list"}
 
 
+def _used(import_line: str, code: str) -> bool:
+    if not import_line.strip():
+        return True
+    name = import_line.split()[-1]
+    return re.search(rf"\b{re.escape(name)}\.", code) is not None
+
+
 class CodegenError(NotImplementedError):
     """A structure the generator cannot write (listed with module paths)."""
 
@@ -87,11 +94,16 @@ def _graph_index(cap: Captured) -> dict[torch.fx.Node, int]:
 
 
 def _interface(call: Call, order: dict) -> tuple[list, list]:
+    """A call's inputs, in the order its code first reads them (the same for every instance of
+    a class, whatever order the caller made them in), and its outputs, in graph order."""
     inside = set(call.nodes())
-    ins = {a for n in inside for a in n.all_input_nodes if a not in inside}
-    ins = sorted((a for a in ins if a.op != "placeholder" or _is_user(a)), key=order.get)
+    ins: dict[torch.fx.Node, None] = {}
+    for n in sorted(inside, key=order.get):
+        for a in n.all_input_nodes:
+            if a not in inside and (a.op != "placeholder" or _is_user(a)):
+                ins.setdefault(a, None)
     outs = sorted((n for n in inside if any(u not in inside for u in n.users)), key=order.get)
-    return ins, outs
+    return list(ins), outs
 
 
 def _is_user(node: torch.fx.Node) -> bool:
@@ -336,7 +348,7 @@ def _emit_child(st, call, child: Call, order, env, namer, lines, arg) -> bool:
             out_nodes, out_spec = outs, None
         if train:
             parts.append("train=train")
-        pattern = _pattern(out_nodes, out_spec, base, namer, env)
+        pattern = _pattern(out_nodes, out_spec, base, namer, env, set(child.nodes()))
         lines.append(f"{pattern} = {target}({', '.join(parts)})")
         return train
     ins, outs = _interface(child, order)
@@ -346,7 +358,7 @@ def _emit_child(st, call, child: Call, order, env, namer, lines, arg) -> bool:
     parts = [str(arg(n)) for n in ins]
     if cls.needs_train:
         parts.append("train=train")
-    pattern = _pattern(outs, None, base, namer, env)
+    pattern = _pattern(outs, None, base, namer, env, set(child.nodes()))
     lines.append(f"{pattern} = {target}({', '.join(parts)})")
     return cls.needs_train
 
@@ -368,11 +380,13 @@ def _lookup(node, env, arg) -> str:
     return str(arg(node))
 
 
-def _pattern(out_nodes: list, out_spec: Any, base: str, namer: _Namer, env: dict) -> str:
+def _pattern(
+    out_nodes: list, out_spec: Any, base: str, namer: _Namer, env: dict, inside: set
+) -> str:
     names = []
     for i, n in enumerate(out_nodes):
-        if n is None:
-            names.append("_")
+        if n is None or not any(u not in inside for u in n.users):
+            names.append("_")  # an output nobody reads
             continue
         name = namer.fresh(base if i == 0 else f"{base}_{i}")
         env[n] = name
@@ -430,5 +444,7 @@ def generate(cap: Captured) -> tuple[str, str]:
         lines = [f"  {what}  in {path or '<root>'}  {where}" for what, path, where in st.errors]
         raise CodegenError("cannot generate:\n" + "\n".join(lines))
     blocks = [f"class {c.name}(linen.Module):\n{c.text}\n" for c in st.classes]
-    imports = "".join(f"import {m}\n" for m in sorted(st.imports))
-    return HEADER + imports + "\n\n" + "\n\n".join(blocks), root.name
+    code = "\n\n".join(blocks)
+    header = [line for line in HEADER.splitlines() if _used(line, code)]
+    header += [f"import {m}" for m in sorted(st.imports)]
+    return "\n".join(header) + "\n\n\n" + code, root.name

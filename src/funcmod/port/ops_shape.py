@@ -59,7 +59,7 @@ def _expand(c: OpCall) -> str:
     ndim = len(c.in_shape(0))
     lead = len(sizes) - ndim
     out = [f"{c[0]}.shape[{i - lead}]" if s == -1 else c.r(s) for i, s in enumerate(sizes)]
-    return f"jnp.broadcast_to({c[0]}, ({', '.join(out)},))"
+    return f"jnp.broadcast_to({c[0]}, ({', '.join(out)}{',' if len(out) == 1 else ''}))"
 
 
 register_op(aten.expand, _expand)
