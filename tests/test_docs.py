@@ -36,6 +36,7 @@ DOCS = [
     "docs/migration.md",
     "docs/claims.md",
     "docs/pitfalls.md",
+    "docs/port.md",
 ]
 RUN_TAGS = {"python"}  # the tag of every block that runs
 # Tags that look like python but would be skipped: a block written with one fails the suite.
