@@ -172,14 +172,17 @@ class LlamaRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, x, position_ids):
+        # Hugging Face computes this in float32 whatever the model's dtype (.float()); here it
+        # is x's dtype, so that a float64 model is float64 throughout: torch's and XLA's float32
+        # cos differ by an ulp, which a float32 island would carry into a float64 comparison.
         # inv_freq (dim/2,) x position_ids (B, T) -> freqs (B, T, dim/2)
         inv_freq_expanded = (
-            self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1)
+            self.inv_freq[None, :, None].to(x.dtype).expand(position_ids.shape[0], -1, 1)
         )
-        position_ids_expanded = position_ids[:, None, :].float()
+        position_ids_expanded = position_ids[:, None, :].to(x.dtype)
         freqs = (inv_freq_expanded @ position_ids_expanded).transpose(1, 2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, dim)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return emb.cos(), emb.sin()
 
 
 def rotate_half(x):
