@@ -53,6 +53,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 
 # (torch loss(output, targets), JAX loss(port output, targets)) -> () scalar each. The JAX loss
 # gets the port's output in the port's layout (NHWC for an image).
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 LossPair = tuple[Callable[[Any, Any], Any], Callable[[jax.Array, jax.Array], jax.Array]]
 
 
@@ -205,6 +206,8 @@ def run_trajectory(
     rtol: float | None = None,
     name: str | None = None,
     loss: str | LossPair = "mse",
+    scheduler: SchedulerFactory | None = None,
+    scheduler_every: int = 1,
 ) -> TrajectoryReport:
     """Train ``torch_module`` and ``flax_module`` side by side, one step per batch.
 
@@ -224,6 +227,12 @@ def run_trajectory(
       name: the report's title (default: the Flax module's class name).
       loss: ``'mse'`` (default), ``'cross_entropy'`` (``cross_entropy()``: torch's defaults),
         or a ``(torch loss, JAX loss)`` pair, e.g. ``cross_entropy(label_smoothing=0.1)``.
+      scheduler: a function building the torch lr scheduler from the torch optimizer
+        (``lambda opt: StepLR(opt, 30)``); torch's loop calls ``scheduler.step()`` after every
+        ``scheduler_every`` optimizer steps, and the port trains with
+        ``from_torch(optimizer, module, scheduler=..., scheduler_every=..., steps=len(batches))``.
+      scheduler_every: optimizer steps between two ``scheduler.step()`` calls (1 for per-step
+        schedules, the batches per epoch for per-epoch ones).
     """
     if not batches:
         raise ValueError("run_trajectory needs at least one batch")
@@ -235,7 +244,15 @@ def run_trajectory(
     opt_name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
     factory = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
     torch_opt = factory(torch_module)
-    tx = from_torch(torch_opt, torch_module, max_grad_norm=max_grad_norm)
+    torch_sched = scheduler(torch_opt) if scheduler is not None else None
+    tx = from_torch(
+        torch_opt,
+        torch_module,
+        max_grad_norm=max_grad_norm,
+        scheduler=torch_sched,
+        scheduler_every=scheduler_every,
+        steps=len(batches) if torch_sched is not None else None,
+    )
     rtol = RTOL["trajectory"][dtype] if rtol is None else rtol
 
     initial = jax.tree.map(np.array, _params(torch_module))
@@ -246,7 +263,7 @@ def run_trajectory(
     torch_losses: list[float] = []
     flax_losses: list[float] = []
     final: list[LeafDiff] = []
-    for inputs, targets in batches:
+    for i, (inputs, targets) in enumerate(batches):
         # torch: one step of the usual loop.
         torch_opt.zero_grad(set_to_none=True)
         out = torch_module(*(torch.from_numpy(np.array(a)) for a in inputs))
@@ -255,6 +272,8 @@ def run_trajectory(
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(torch_module.parameters(), max_grad_norm)
         torch_opt.step()
+        if torch_sched is not None and (i + 1) % scheduler_every == 0:
+            torch_sched.step()
         torch_losses.append(float(value.detach()))
         # Flax: the same step, jitted.
         flax_inputs = inputs_to_channels_last(inputs, layouts)
