@@ -36,6 +36,7 @@ bench: venv
 # build (results/compare.json), the digits run once; the bench chart and table appear once
 # `make bench` has written results/bench.json.
 docs: venv results/digits_mlp.json
+	mkdir -p results
 	$(VENV)/bin/funcmod compare --json > results/compare.json; test $$? -le 1
 	$(VENV)/bin/mkdocs build --strict
 

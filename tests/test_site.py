@@ -101,24 +101,44 @@ def _docstring(obj: object) -> str:
     return doc.strip()
 
 
+def _shared_dir(tmp_path_factory) -> Path:
+    """One folder for every xdist worker of this run (the run's own one without xdist), so the
+    site is built once per run, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("results")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        status = cli.main(["compare", "MLP", "--dtypes", "float32", "--json"])
-    assert status == 0, buf.getvalue()
-    (out / "compare.json").write_text(buf.getvalue(), encoding="utf-8")
+    from filelock import FileLock
+
+    out = _shared_dir(tmp_path_factory) / "site-results"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "compare.json").is_file():
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                status = cli.main(["compare", "MLP", "--dtypes", "float32", "--json"])
+            assert status == 0, buf.getvalue()
+            out.mkdir(exist_ok=True)
+            (out / "compare.json").write_text(buf.getvalue(), encoding="utf-8")
     return out
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, results) -> Path:
-    site_dir = tmp_path_factory.mktemp("site")
-    env = {**os.environ, docsite.RESULTS_ENV: str(results), "NO_MKDOCS_2_WARNING": "1"}
-    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
+    from filelock import FileLock
+
+    site_dir = _shared_dir(tmp_path_factory) / "site"
+    with FileLock(str(site_dir) + ".lock"):
+        if not (site_dir / "index.html").is_file():
+            env = {**os.environ, docsite.RESULTS_ENV: str(results), "NO_MKDOCS_2_WARNING": "1"}
+            cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)]
+            done = subprocess.run(
+                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+            )
+            assert done.returncode == 0, (
+                f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
+            )
     return site_dir
 
 
