@@ -231,7 +231,8 @@ def gallery_page(gallery: Path) -> str:
         "Every model of the porter's corpus (`funcmod.corpus`, plain PyTorch written the way its "
         "usual sources write it) next to the Flax Linen source `funcmod.port` generates for it. "
         "The Flax tab is the file `docs/gallery/<name>.py` that `funcmod gallery` writes and "
-        "`funcmod gallery --check` compares with what the porter generates now.",
+        "`funcmod gallery --check` compares with what the porter generates now; how to port "
+        "your own model: [Porting your model](port.md).",
         "",
     ]
     for name, entry in CORPUS.items():
