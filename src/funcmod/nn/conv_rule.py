@@ -12,8 +12,10 @@ contraction size (the patches matrix's width); the first that applies:
 3. ``pointwise`` (a 1x1 kernel): patches in all three passes: the convolution is one matmul
    (of strided rows when strided), 3-80x faster than lax's convolution in the 1x1 rows.
 4. ``few_taps`` (K <= ``MAX_DIRECT_TAPS``, e.g. an RGB stem): the forward pass ``direct``, the
-   kernel gradient patches (the patches matrix is at most 32 wide), the input gradient patches
-   when S <= ``PATCHES_MAX_SPATIAL``, else lax (``few_taps_large_image``).
+   input gradient patches, the kernel gradient patches (the patches matrix is at most 32 wide)
+   unless it has more than ``FEW_TAPS_KERNEL_PATCHES_MAX_ROWS`` rows N * S, then lax
+   (``few_taps_large_batch``: writing a matrix of hundreds of MB costs more than lax's
+   reduction).
 5. ``many_channels`` (K >= ``PATCHES_MIN_CONTRACTION``, 256 channels at 3x3): patches in all
    three passes, at every image size measured (up to 14x14, 2-3x faster than lax).
 6. by the output's size: ``small_image`` (S <= ``KERNEL_PATCHES_MAX_SPATIAL``) patches in all
@@ -43,6 +45,7 @@ from typing import NamedTuple
 from funcmod.nn.conv_lowerings import ConvSpec, output_size
 
 __all__ = [
+    "FEW_TAPS_KERNEL_PATCHES_MAX_ROWS",
     "KERNEL_PATCHES_MAX_SPATIAL",
     "LOWERINGS",
     "MAX_DIRECT_TAPS",
@@ -60,6 +63,8 @@ LOWERINGS = ("lax", "direct", "depthwise", "patches")
 # The most taps (kh * kw * C) the forward pass sums directly: one broadcast multiply-add per tap
 # and output element, unrolled into one fused loop, so its cost and compile time grow with them.
 MAX_DIRECT_TAPS = 32
+# The most rows N * Ho * Wo of a few-tap kernel gradient computed as patches.
+FEW_TAPS_KERNEL_PATCHES_MAX_ROWS = 2**16
 # The largest output spatial size Ho * Wo whose forward pass and input gradient use patches.
 PATCHES_MAX_SPATIAL = 64
 # The largest output spatial size Ho * Wo whose kernel gradient uses patches.
@@ -85,7 +90,7 @@ RULE_BRANCHES: dict[str, Plan] = {
     "grouped": _LAX,
     "pointwise": _PATCHES,
     "few_taps": Plan("direct", "patches", "patches"),
-    "few_taps_large_image": Plan("direct", "lax", "patches"),
+    "few_taps_large_batch": Plan("direct", "patches", "lax"),
     "many_channels": _PATCHES,
     "small_image": _PATCHES,
     "medium_image": Plan("patches", "patches", "lax"),
@@ -128,7 +133,8 @@ def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
     wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
     spatial, contraction = ho * wo, kh * kw * c_group
     if contraction <= MAX_DIRECT_TAPS:
-        return "few_taps" if spatial <= PATCHES_MAX_SPATIAL else "few_taps_large_image"
+        rows = lhs_shape[0] * spatial
+        return "few_taps" if rows <= FEW_TAPS_KERNEL_PATCHES_MAX_ROWS else "few_taps_large_batch"
     if contraction >= PATCHES_MIN_CONTRACTION:
         return "many_channels"
     if spatial <= KERNEL_PATCHES_MAX_SPATIAL:
