@@ -84,7 +84,7 @@ def test_custom_optimizer_with_clipping(make, dtype):
 def test_a_wrong_update_rule_is_caught(monkeypatch):
     """The check has teeth: a learning rate off by 0.1% fails it."""
     monkeypatch.setattr(
-        trajectory, "from_torch", lambda opt, module, max_grad_norm=None: optax.sgd(0.01001, 0.9)
+        trajectory, "from_torch", lambda opt, module, **settings: optax.sgd(0.01001, 0.9)
     )
     report = check_trajectory("MLP", optimizer="sgd", steps=20, dtype=np.float64)
     assert not report.ok
