@@ -32,6 +32,8 @@ The modules, each depending only on those above it in this list:
 * ``report``: markdown, the chart, ``write_results``;
 * ``convs``: the conv micro-benchmark (``funcmod bench --convs``), each lowering of
   ``funcmod.nn.conv`` against torch eager on ResNet-18 and MobileNetV3 shapes;
+* ``corpus``: the ported corpus (``funcmod bench --corpus``), each ``funcmod.corpus`` model's
+  jitted train step against torch eager and ``torch.compile``, compile times apart;
 * ``command``: the ``funcmod bench`` subcommand (``add_parser``, ``run``), the only argparse.
 """
 

@@ -48,6 +48,13 @@ def add_parser(subparsers: Any) -> None:
         "(writes bench_convs.json and bench_convs.md with --out)",
     )
     p.add_argument(
+        "--corpus",
+        action="store_true",
+        help="the ported corpus instead (funcmod.corpus through funcmod.port; the positional "
+        "names are corpus models): jitted Flax train step vs torch eager and torch.compile "
+        "(writes bench_corpus.json and bench_corpus.md with --out)",
+    )
+    p.add_argument(
         "--conv-inputs",
         nargs="+",
         metavar="SIZExBATCH",
@@ -85,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
         print("funcmod bench needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
         return 2
     try:
-        config = _config(args)
+        config = None if getattr(args, "corpus", False) else _config(args)
     except ValueError as e:
         print(f"funcmod bench: {e}", file=sys.stderr)
         return 2
     as_json, outdir = bool(args.json), args.out
+    if getattr(args, "corpus", False):
+        return _run_corpus(args, as_json, outdir)
     if getattr(args, "convs", False):
         return _run_convs(args, as_json, outdir)
     result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -141,4 +150,36 @@ def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> i
         (out / "bench_convs.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "bench_convs.md").write_text(markdown)
         print(f"wrote {out / 'bench_convs.json'} and {out / 'bench_convs.md'}", file=sys.stderr)
+    return 0
+
+
+def _run_corpus(args: argparse.Namespace, as_json: bool, outdir: str | None) -> int:
+    """``funcmod bench --corpus``: the ported corpus (``funcmod.tools.bench.corpus``)."""
+    from pathlib import Path
+
+    from funcmod.tools.bench.corpus import (
+        CorpusBenchConfig,
+        render_corpus_markdown,
+        run_corpus_bench,
+    )
+
+    given = {"rounds": args.rounds, "min_time": args.min_time}
+    try:
+        config = CorpusBenchConfig(
+            models=tuple(args.examples),
+            torch_compile=not args.no_torch_compile,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except ValueError as e:
+        print(f"funcmod bench: {e}", file=sys.stderr)
+        return 2
+    result = run_corpus_bench(config, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    markdown = render_corpus_markdown(result)
+    print(json.dumps(result, indent=2) if as_json else markdown)
+    if outdir:
+        out = Path(outdir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_corpus.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "bench_corpus.md").write_text(markdown)
+        print(f"wrote {out / 'bench_corpus.json'} and {out / 'bench_corpus.md'}", file=sys.stderr)
     return 0
