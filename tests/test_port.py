@@ -269,3 +269,22 @@ def test_a_wrong_gradient_above_the_floor_still_fails():
     failed = {d.path for d in report.grads if not d.ok}
     assert {"params/fc/kernel", "params/fc/bias", "x0"} <= failed
     assert report.floored == []
+
+
+def test_the_batch_axis_stays_free_and_float32_islands_stay_float32():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+        def forward(self, x):
+            h = self.conv(x).view(x.shape[0], -1)  # (N, 3 * H * W): the batch size is read
+            return (h.float().tanh() * 2).to(h.dtype)  # a float32 island, as written
+
+    torch.manual_seed(0)
+    model = Net()
+    ported = port(model, (torch.randn(2, 2, 4, 4),))
+    assert "astype(jnp.float32)" in ported.source and "astype(float)" in ported.source
+    x = torch.randn(5, 2, 4, 4)  # another batch size than the example's
+    y = ported.module.apply(ported.variables, x.numpy())
+    np.testing.assert_allclose(np.asarray(y), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -151,6 +151,14 @@ def _twin_paths(model: nn.Module, tied: dict[str, str]) -> tuple[dict[str, Modul
     return out, inline
 
 
+def _is_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def _inlined(path: str, inline: set[str]) -> bool:
     """A parametrization's own modules run as part of the module they parametrize."""
     return path in inline or path == "parametrizations" or ".parametrizations" in f".{path}"
@@ -228,10 +236,40 @@ def _align_float64(program: Any, model: nn.Module, args: tuple, kwargs: dict, pr
         a.meta["_port_alt"] = b
 
 
+def _batch_dims(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """``dynamic_shapes`` with the leading axis of every tensor input free (``Dim.AUTO``: export
+    keeps it symbolic where the code allows and specialises it where not)."""
+
+    def spec(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim:
+            return {0: torch.export.Dim.AUTO}
+        if isinstance(v, (tuple, list)):
+            return type(v)(spec(x) for x in v)
+        if isinstance(v, dict):
+            return {k: spec(x) for k, x in v.items()}
+        return None
+
+    return spec(args), spec(kwargs)
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict, preserve: tuple[str, ...]):
-    return torch.export.export(
-        model, args, kwargs, strict=False, preserve_module_call_signature=preserve
-    )
+    """Export with a symbolic batch axis; with static shapes where that fails."""
+    dyn_args, _ = _batch_dims(args, kwargs)
+    try:
+        if kwargs:
+            raise ValueError("keyword inputs: static shapes")
+        return torch.export.export(
+            model,
+            args,
+            kwargs,
+            dynamic_shapes=dyn_args,
+            strict=False,
+            preserve_module_call_signature=preserve,
+        )
+    except Exception:  # a model whose batch axis cannot stay symbolic: its example's shapes
+        return torch.export.export(
+            model, args, kwargs, strict=False, preserve_module_call_signature=preserve
+        )
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Captured:
@@ -264,8 +302,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Captur
         for k, (path, _) in stack:
             if call.spec is not None:
                 break
-            if _inlined(path, inline):
-                continue
+            if _inlined(path, inline) or not _is_module(model, path):
+                continue  # (export's placeholder stacks for symbolic sizes name no module)
             key = (*key, k)
             child = by_key.get(key)
             if child is None:

@@ -72,8 +72,12 @@ class _Namer:
     def __init__(self) -> None:
         self.used: set[str] = set()
 
-    def fresh(self, base: str) -> str:
-        base = re.sub(r"_\d+$", "", base).strip("_") or "v"
+    def fresh(self, base: str, *, node: bool = True) -> str:
+        """A new name from ``base``: a graph node's (``linear_3`` -> ``linear``, numbered per
+        class) or, with ``node=False``, a module attribute's, kept as it is (``ln_1``)."""
+        if node:
+            base = re.sub(r"_\d+$", "", base)
+        base = base.strip("_") or "v"
         base = re.sub(r"\W", "_", base)
         if base[0].isdigit():
             base = "v" + base
@@ -275,7 +279,9 @@ def _qualname(m: nn.Module) -> str:
 
 
 def _shape(shape: tuple) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+    """A shape comment; the symbolic batch size is ``N``."""
+    dims = [str(s) if isinstance(s, int) else "N" for s in shape]
+    return "(" + ", ".join(dims) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _read(st: State, call: Call, node, ref: TensorRef, namer: _Namer, lines: list[str]) -> str:
@@ -388,7 +394,7 @@ def _pattern(
         if n is None or not any(u not in inside for u in n.users):
             names.append("_")  # an output nobody reads
             continue
-        name = namer.fresh(base if i == 0 else f"{base}_{i}")
+        name = namer.fresh(base if i == 0 else f"{base}_{i}", node=False)
         env[n] = name
         names.append(name)
     if out_spec is None:
