@@ -107,3 +107,31 @@ def test_exports_non_strict(name):
     torch.testing.assert_close(got, model(*args), rtol=0, atol=0)
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert targets, name
+
+
+def test_float32_island_in_float64():
+    """docs/pitfalls.md, 'A float32 island in a float64 model': torch's and XLA's float32 cos and
+    sin differ by an ulp on some of the corpus Llama's rotary angles, so a model that computes
+    them in float32 (Hugging Face's .float() casts) cannot meet the float64 target, only the
+    float32 one; the corpus Llama computes them in the input's dtype instead."""
+    jnp = pytest.importorskip("jax.numpy")
+    import numpy as np
+
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.int64).float() / 8))
+    angles = torch.outer(torch.arange(8).float(), inv_freq)  # float32, as the casts make them
+    for fn in ("cos", "sin"):
+        diff = np.abs(getattr(angles, fn)().numpy() - np.asarray(getattr(jnp, fn)(angles.numpy())))
+        assert 0 < diff.max() <= 2.0**-24, fn  # one ulp on some inputs, not zero
+    q = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    half = torch.cat((-q[:, 4:], q[:, :4]), dim=1)
+    ang = torch.cat((angles, angles), dim=1)
+    out_torch = q * ang.cos().double() + half * ang.sin().double()
+    cos_xla = torch.from_numpy(np.asarray(jnp.cos(ang.numpy()))).double()
+    sin_xla = torch.from_numpy(np.asarray(jnp.sin(ang.numpy()))).double()
+    out_xla = q * cos_xla + half * sin_xla
+    rel = float((out_torch - out_xla).abs().max() / out_torch.abs().max())
+    assert 1e-12 < rel < 1e-5
+    # the corpus model itself stays float64 in its rotary embedding
+    rotary = get_model("llama").build(dtype=torch.float64).rotary_emb
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float64), torch.arange(8)[None])
+    assert cos.dtype == sin.dtype == torch.float64
