@@ -19,14 +19,7 @@ class LlamaRotaryEmbedding(linen.Module):
         )
         unsqueeze = jnp.expand_dims(rotary_emb_inv_freq, 0)
         unsqueeze_1 = jnp.expand_dims(unsqueeze, 2)
-        expand = jnp.broadcast_to(
-            unsqueeze_1,
-            (
-                1,
-                unsqueeze_1.shape[1],
-                1,
-            ),
-        )
+        expand = jnp.broadcast_to(unsqueeze_1, (1, unsqueeze_1.shape[1], 1))
         unsqueeze_2 = jnp.expand_dims(x, 1)
         to = unsqueeze_2.astype(float)
         matmul = expand @ to
@@ -51,7 +44,7 @@ class LlamaRMSNorm(linen.Module):
         add = mean + 1e-06
         rsqrt = jax.lax.rsqrt(add)
         mul = hidden_states * rsqrt
-        mul_1 = self.weight * mul
+        mul_1 = self.weight[None, None] * mul
         return mul_1
 
 
@@ -64,16 +57,17 @@ class LlamaAttention(linen.Module):
         self.v_proj = nn.Linear(32, 16, bias=False)
         self.o_proj = nn.Linear(32, 32, bias=False)
 
-    def __call__(self, detach_default, detach_default_1, mul):
+    def __call__(self, mul, detach_default, detach_default_1):
+        batch = mul.shape[0]
         q_proj = self.q_proj(mul)
-        view = jnp.reshape(q_proj, (2, 8, -1, 8))  # (2, 8, 32) -> (2, 8, 4, 8)
-        transpose = jnp.swapaxes(view, 1, 2)  # (2, 8, 4, 8) -> (2, 4, 8, 8)
+        view = jnp.reshape(q_proj, (batch, 8, -1, 8))  # (N, 8, 32) -> (N, 8, 4, 8)
+        transpose = jnp.swapaxes(view, 1, 2)  # (N, 8, 4, 8) -> (N, 4, 8, 8)
         k_proj = self.k_proj(mul)
-        view_1 = jnp.reshape(k_proj, (2, 8, -1, 8))  # (2, 8, 16) -> (2, 8, 2, 8)
-        transpose_1 = jnp.swapaxes(view_1, 1, 2)  # (2, 8, 2, 8) -> (2, 2, 8, 8)
+        view_1 = jnp.reshape(k_proj, (batch, 8, -1, 8))  # (N, 8, 16) -> (N, 8, 2, 8)
+        transpose_1 = jnp.swapaxes(view_1, 1, 2)  # (N, 8, 2, 8) -> (N, 2, 8, 8)
         v_proj = self.v_proj(mul)
-        view_2 = jnp.reshape(v_proj, (2, 8, -1, 8))  # (2, 8, 16) -> (2, 8, 2, 8)
-        transpose_2 = jnp.swapaxes(view_2, 1, 2)  # (2, 8, 2, 8) -> (2, 2, 8, 8)
+        view_2 = jnp.reshape(v_proj, (batch, 8, -1, 8))  # (N, 8, 16) -> (N, 8, 2, 8)
+        transpose_2 = jnp.swapaxes(view_2, 1, 2)  # (N, 8, 2, 8) -> (N, 2, 8, 8)
         unsqueeze = jnp.expand_dims(detach_default, 1)
         unsqueeze_1 = jnp.expand_dims(detach_default_1, 1)
         mul_1 = transpose * unsqueeze
@@ -91,36 +85,18 @@ class LlamaAttention(linen.Module):
         mul_4 = cat_1 * unsqueeze_1
         add_1 = mul_3 + mul_4
         unsqueeze_2 = jnp.expand_dims(add_1, 2)
-        expand = jnp.broadcast_to(
-            unsqueeze_2,
-            (
-                2,
-                2,
-                2,
-                8,
-                8,
-            ),
-        )
-        reshape = jnp.reshape(expand, (2, 4, 8, 8))  # (2, 2, 2, 8, 8) -> (2, 4, 8, 8)
+        expand = jnp.broadcast_to(unsqueeze_2, (batch, 2, 2, 8, 8))
+        reshape = jnp.reshape(expand, (batch, 4, 8, 8))  # (N, 2, 2, 8, 8) -> (N, 4, 8, 8)
         unsqueeze_3 = jnp.expand_dims(transpose_2, 2)
-        expand_1 = jnp.broadcast_to(
-            unsqueeze_3,
-            (
-                2,
-                2,
-                2,
-                8,
-                8,
-            ),
-        )
-        reshape_1 = jnp.reshape(expand_1, (2, 4, 8, 8))  # (2, 2, 2, 8, 8) -> (2, 4, 8, 8)
+        expand_1 = jnp.broadcast_to(unsqueeze_3, (batch, 2, 2, 8, 8))
+        reshape_1 = jnp.reshape(expand_1, (batch, 4, 8, 8))  # (N, 2, 2, 8, 8) -> (N, 4, 8, 8)
         scaled_dot_product_attention = F.scaled_dot_product_attention(
             add, reshape, reshape_1, is_causal=True
         )
         transpose_3 = jnp.swapaxes(
             scaled_dot_product_attention, 1, 2
-        )  # (2, 4, 8, 8) -> (2, 8, 4, 8)
-        reshape_2 = jnp.reshape(transpose_3, (2, 8, -1))  # (2, 8, 4, 8) -> (2, 8, 32)
+        )  # (N, 4, 8, 8) -> (N, 8, 4, 8)
+        reshape_2 = jnp.reshape(transpose_3, (batch, 8, -1))  # (N, 8, 4, 8) -> (N, 8, 32)
         o_proj = self.o_proj(reshape_2)
         return o_proj
 
@@ -153,8 +129,9 @@ class LlamaDecoderLayer(linen.Module):
         self.post_attention_layernorm = LlamaRMSNorm()
 
     def __call__(self, embedding, detach_default, detach_default_1):
+        batch = embedding.shape[0]
         input_layernorm = self.input_layernorm(embedding)
-        self_attn = self.self_attn(detach_default, detach_default_1, input_layernorm)
+        self_attn = self.self_attn(input_layernorm, detach_default, detach_default_1)
         add = embedding + self_attn
         post_attention_layernorm = self.post_attention_layernorm(add)
         mlp = self.mlp(post_attention_layernorm)
@@ -171,9 +148,10 @@ class LlamaDecoderLayer_1(linen.Module):
         self.input_layernorm = LlamaRMSNorm()
         self.post_attention_layernorm = LlamaRMSNorm()
 
-    def __call__(self, detach_default, detach_default_1, add):
+    def __call__(self, add, detach_default, detach_default_1):
+        batch = add.shape[0]
         input_layernorm = self.input_layernorm(add)
-        self_attn = self.self_attn(detach_default, detach_default_1, input_layernorm)
+        self_attn = self.self_attn(input_layernorm, detach_default, detach_default_1)
         add_1 = add + self_attn
         post_attention_layernorm = self.post_attention_layernorm(add_1)
         mlp = self.mlp(post_attention_layernorm)
@@ -192,12 +170,13 @@ class Llama(linen.Module):
         self.lm_head = nn.Linear(32, 64, bias=False)
 
     def __call__(self, input_ids):
+        batch = input_ids.shape[0]
         embed_tokens = self.embed_tokens(input_ids)
         arange = jnp.arange(8, dtype=int)
         unsqueeze = jnp.expand_dims(arange, 0)
         rotary_emb, rotary_emb_1 = self.rotary_emb(unsqueeze)
-        layers = self.layers[0](embed_tokens, rotary_emb, rotary_emb_1)
-        layers_1 = self.layers[1](rotary_emb, rotary_emb_1, layers)
+        layers_0 = self.layers[0](embed_tokens, rotary_emb, rotary_emb_1)
+        layers_1 = self.layers[1](layers_0, rotary_emb, rotary_emb_1)
         norm = self.norm(layers_1)
         lm_head = self.lm_head(norm)
         return lm_head

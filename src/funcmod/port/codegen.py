@@ -99,15 +99,35 @@ def _graph_index(cap: Captured) -> dict[torch.fx.Node, int]:
 
 def _interface(call: Call, order: dict) -> tuple[list, list]:
     """A call's inputs, in the order its code first reads them (the same for every instance of
-    a class, whatever order the caller made them in), and its outputs, in graph order."""
+    a class, whatever order the caller made them in), and its outputs, in graph order. A
+    symbolic size that one of the tensor inputs carries (the batch size) is no input: the
+    class reads it from that tensor (``_derived_sizes``)."""
     inside = set(call.nodes())
     ins: dict[torch.fx.Node, None] = {}
     for n in sorted(inside, key=order.get):
         for a in n.all_input_nodes:
             if a not in inside and (a.op != "placeholder" or _is_user(a)):
                 ins.setdefault(a, None)
+    derived = _derived_sizes(list(ins))
     outs = sorted((n for n in inside if any(u not in inside for u in n.users)), key=order.get)
-    return list(ins), outs
+    return [n for n in ins if n not in derived], outs
+
+
+def _derived_sizes(nodes: list) -> dict:
+    """Symbolic sizes among ``nodes`` that a tensor among them has as an axis:
+    ``{size node: (tensor node, axis)}``."""
+    out = {}
+    tensors = [n for n in nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    for n in nodes:
+        v = n.meta.get("val")
+        if not isinstance(v, torch.SymInt):
+            continue
+        for t in tensors:
+            dims = [str(d) for d in t.meta["val"].shape]
+            if str(v) in dims:
+                out[n] = (t, dims.index(str(v)))
+                break
+    return out
 
 
 def _is_user(node: torch.fx.Node) -> bool:
@@ -172,6 +192,13 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         name = namer.fresh(given[i] if given else ("x" if len(ins) == 1 else node.name))
         env[node] = name
         params.append(name)
+    if not root:  # sizes the caller's tensors carry, read here from the inputs that carry them
+        inside = set(call.nodes())
+        outer = {a for n in inside for a in n.all_input_nodes if a not in inside}
+        for size, (tensor, axis) in _derived_sizes([*ins, *outer]).items():
+            if tensor in env and size not in env:
+                env[size] = namer.fresh("batch" if axis == 0 else size.name, node=False)
+                lines.append(f"{env[size]} = {env[tensor]}.shape[{axis}]")
 
     def value(node: torch.fx.Node) -> str:
         if node in env:
@@ -218,7 +245,8 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         if isinstance(result, Same):
             env[node] = render(result.value, st.dtypes)
         else:
-            name = namer.fresh(node.name)
+            batch = node.target == torch.ops.aten.sym_size.int and node.args[1:2] == (0,)
+            name = namer.fresh("batch" if batch else node.name, node=not batch)
             comment = ""
             if entry.shape_comment:
                 comment = f"  # {_shape(c.in_shape(0))} -> {_shape(c.shape)}"
