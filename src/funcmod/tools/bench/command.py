@@ -168,6 +168,7 @@ def _run_corpus(args: argparse.Namespace, as_json: bool, outdir: str | None) -> 
         config = CorpusBenchConfig(
             models=tuple(args.examples),
             torch_compile=not args.no_torch_compile,
+            torch_threads=args.torch_threads[0] if args.torch_threads else 1,
             **{k: v for k, v in given.items() if v is not None},
         )
     except ValueError as e:

@@ -27,12 +27,16 @@ __all__ = ["CorpusBenchConfig", "render_corpus_markdown", "run_corpus_bench"]
 @dataclass(frozen=True)
 class CorpusBenchConfig:
     """What ``run_corpus_bench`` times: ``models`` (default: the whole corpus), ``rounds``
-    interleaved rounds of about ``min_time`` seconds each, and whether ``torch.compile`` runs."""
+    interleaved rounds of about ``min_time`` seconds each, whether ``torch.compile`` runs, and
+    torch's intra-op threads (1 by default: on this project's 2-core machine, shared with XLA's
+    threads, torch's default 2 threads made the ResNet's eager step 14x slower, 282 ms against
+    20 ms)."""
 
     models: tuple[str, ...] = ()
     rounds: int = 5
     min_time: float = 0.05
     torch_compile: bool = True
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
         from funcmod.corpus import CORPUS
@@ -40,7 +44,7 @@ class CorpusBenchConfig:
         unknown = [m for m in self.models if m not in CORPUS]
         if unknown:
             raise ValueError(f"unknown corpus models {unknown}; known: {', '.join(CORPUS)}")
-        if self.rounds < 1 or self.min_time <= 0:
+        if self.rounds < 1 or self.min_time <= 0 or self.torch_threads < 1:
             raise ValueError(f"rounds must be >= 1 and min_time > 0, got {self}")
 
 
@@ -148,16 +152,24 @@ def run_corpus_bench(
     config: CorpusBenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Time every model of ``config``; returns ``{"rows": [...], "config": {...}}``."""
+    import torch
+
     from funcmod.corpus import CORPUS
 
     names: Sequence[str] = config.models or tuple(CORPUS)
     rows = []
+    threads = torch.get_num_threads()
     for name in names:
-        rows.append(_time_model(name, config))
+        torch.set_num_threads(config.torch_threads)
+        try:
+            rows.append(_time_model(name, config))
+        finally:
+            torch.set_num_threads(threads)
         if progress:
             m = rows[-1]["median_s"]
             progress(f"{name}: " + ", ".join(f"{k} {format_seconds(v)}" for k, v in m.items()))
-    return {"rows": rows, "config": {"rounds": config.rounds, "min_time": config.min_time}}
+    settings = {"rounds": config.rounds, "min_time": config.min_time}
+    return {"rows": rows, "config": {**settings, "torch_threads": config.torch_threads}}
 
 
 def render_corpus_markdown(result: dict[str, Any]) -> str:
