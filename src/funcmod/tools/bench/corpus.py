@@ -89,7 +89,7 @@ def _jax_step(name: str) -> tuple[Callable[[], None], float]:
     cotangent = jnp.asarray(np.random.default_rng(0).standard_normal(out_shape), jnp.float32)
 
     @jax.jit
-    def step(params, state, opt_state):
+    def step(params, state, opt_state, xs):
         def loss(p):
             got = module.apply({"params": p, **state}, *xs, mutable=mutable, **train_kw)
             out, new = got if mutable else (got, {})
@@ -102,7 +102,7 @@ def _jax_step(name: str) -> tuple[Callable[[], None], float]:
     carry = [params, state, tx.init(params)]
 
     def run() -> None:
-        carry[:] = step(*carry)
+        carry[:] = step(*carry, xs)
         jax.block_until_ready(carry[0])
 
     t0 = time.perf_counter()
