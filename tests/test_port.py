@@ -4,9 +4,12 @@ without torch; register_op / register_module extend it; the command line's exit 
 
 from __future__ import annotations
 
+import ast
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -288,3 +291,102 @@ def test_the_batch_axis_stays_free_and_float32_islands_stay_float32():
     x = torch.randn(5, 2, 4, 4)  # another batch size than the example's
     y = ported.module.apply(ported.variables, x.numpy())
     np.testing.assert_allclose(np.asarray(y), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def unused_names(source: str) -> list[str]:
+    """Names generated source binds and never reads: a local assigned and not read (ruff's
+    F841, tuple targets included), a local bound twice (F811's kind) and an import nothing
+    reads (F401). Empty for clean source."""
+    tree = ast.parse(source)
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        stores: dict[str, list[int]] = {}
+        loads = set()
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Name):
+                if isinstance(n.ctx, ast.Store):
+                    stores.setdefault(n.id, []).append(n.lineno)
+                else:
+                    loads.add(n.id)
+        for name, lines in stores.items():
+            if name != "_" and name not in loads:
+                found.append(f"{fn.name}:{lines[0]}: {name} is never read")
+            if len(lines) > 1 and name != "_":
+                found.append(f"{fn.name}:{lines[1]}: {name} is bound again")
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                name = (alias.asname or alias.name).split(".")[0]
+                if name not in read:
+                    found.append(f"import {name} is never read")
+    return found
+
+
+def _ruff_unused(source: str) -> str | None:
+    """ruff's own verdict (F841, F811, F401) on ``source``, where a ruff binary exists."""
+    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
+    if ruff is None:
+        return None
+    done = subprocess.run(
+        [ruff, "check", "--isolated", "--select", "F841,F811,F401", "--stdin-filename", "g.py"],
+        input=source,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return "" if done.returncode == 0 else done.stdout
+
+
+def test_the_unused_names_check_bites():
+    src = (
+        "import jax\n\ndef f(x):\n    batch = x.shape[0]\n    y = x\n    y = x + 1\n    return y\n"
+    )
+    found = unused_names(src)
+    assert found == [
+        "f:4: batch is never read",
+        "f:6: y is bound again",
+        "import jax is never read",
+    ]
+    verdict = _ruff_unused(src)
+    assert verdict is None or ("F841" in verdict and "F401" in verdict)
+
+
+class _Block(nn.Module):
+    """A block whose only reader of the batch size is a twin (MultiheadAttention reshapes by
+    it inside): the generated block must not bind ``batch``."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = _Block()
+
+    def forward(self, x):
+        h = self.block(x.reshape(x.shape[0], 4, 8))  # (N, 32) -> (N, 4, 8): the root reads N
+        return h.reshape(x.shape[0], -1)
+
+
+def test_generated_source_binds_no_unused_name():
+    torch.manual_seed(0)
+    ported = port(_Net(), (torch.randn(2, 32),))
+    assert unused_names(ported.source) == [], ported.source
+    assert _ruff_unused(ported.source) in (None, ""), ported.source
+    assert "batch = x.shape[0]" in ported.source  # the root reads it, and binds it once
+    # every gallery page: the corpus's generated sources (kept current by test_port_corpus)
+    pages = sorted(Path(__file__).resolve().parents[1].glob("docs/gallery/*.py"))
+    assert pages, "no gallery pages found"
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert unused_names(text) == [], page.name
+        assert _ruff_unused(text) in (None, ""), page.name

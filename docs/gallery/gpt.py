@@ -18,12 +18,12 @@ class CausalSelfAttention(linen.Module):
         self.resid_dropout = nn.Dropout(p=0.0)
 
     def __call__(self, x):
-        batch = x.shape[0]
         c_attn = self.c_attn(x)
         split = jnp.split(c_attn, [32, 64], axis=2)
         getitem = split[0]
         getitem_1 = split[1]
         getitem_2 = split[2]
+        batch = x.shape[0]
         view = jnp.reshape(getitem_1, (batch, 8, 2, 16))  # (N, 8, 32) -> (N, 8, 2, 16)
         transpose = jnp.swapaxes(view, 1, 2)  # (N, 8, 2, 16) -> (N, 2, 8, 16)
         view_1 = jnp.reshape(getitem, (batch, 8, 2, 16))  # (N, 8, 32) -> (N, 8, 2, 16)
@@ -69,7 +69,6 @@ class Block(linen.Module):
         self.mlp = MLP()
 
     def __call__(self, x):
-        batch = x.shape[0]
         ln_1 = self.ln_1(x)
         attn = self.attn(ln_1)
         add = x + attn
@@ -92,7 +91,6 @@ class GPT(linen.Module):
         }
 
     def __call__(self, idx):
-        batch = idx.shape[0]
         arange = jnp.arange(0, 8, dtype=int)
         wte = self.transformer["wte"](idx)
         wpe = self.transformer["wpe"](arange)

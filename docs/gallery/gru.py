@@ -18,7 +18,6 @@ class GRUClassifier(linen.Module):
         self.fc = nn.Linear(32, 4)
 
     def __call__(self, tokens, *, train: bool = False):
-        batch = tokens.shape[0]
         embedding = self.embedding(tokens)
         gru, _ = self.gru(embedding)
         mean = jnp.mean(gru, axis=(1,))

@@ -58,8 +58,8 @@ class LlamaAttention(linen.Module):
         self.o_proj = nn.Linear(32, 32, bias=False)
 
     def __call__(self, mul, detach_default, detach_default_1):
-        batch = mul.shape[0]
         q_proj = self.q_proj(mul)
+        batch = mul.shape[0]
         view = jnp.reshape(q_proj, (batch, 8, -1, 8))  # (N, 8, 32) -> (N, 8, 4, 8)
         transpose = jnp.swapaxes(view, 1, 2)  # (N, 8, 4, 8) -> (N, 4, 8, 8)
         k_proj = self.k_proj(mul)
@@ -129,7 +129,6 @@ class LlamaDecoderLayer(linen.Module):
         self.post_attention_layernorm = LlamaRMSNorm()
 
     def __call__(self, embedding, detach_default, detach_default_1):
-        batch = embedding.shape[0]
         input_layernorm = self.input_layernorm(embedding)
         self_attn = self.self_attn(input_layernorm, detach_default, detach_default_1)
         add = embedding + self_attn
@@ -149,7 +148,6 @@ class LlamaDecoderLayer_1(linen.Module):
         self.post_attention_layernorm = LlamaRMSNorm()
 
     def __call__(self, add, detach_default, detach_default_1):
-        batch = add.shape[0]
         input_layernorm = self.input_layernorm(add)
         self_attn = self.self_attn(input_layernorm, detach_default, detach_default_1)
         add_1 = add + self_attn
@@ -170,7 +168,6 @@ class Llama(linen.Module):
         self.lm_head = nn.Linear(32, 64, bias=False)
 
     def __call__(self, input_ids):
-        batch = input_ids.shape[0]
         embed_tokens = self.embed_tokens(input_ids)
         arange = jnp.arange(8, dtype=int)
         unsqueeze = jnp.expand_dims(arange, 0)

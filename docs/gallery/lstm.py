@@ -16,7 +16,6 @@ class LSTMClassifier(linen.Module):
         self.fc = nn.Linear(32, 5)
 
     def __call__(self, x, *, train: bool = False):
-        batch = x.shape[0]
         _, (lstm_1, _) = self.lstm(x, train=train)
         select = lstm_1[-2]
         select_1 = lstm_1[-1]

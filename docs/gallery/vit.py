@@ -23,7 +23,6 @@ class TransformerEncoderLayer(linen.Module):
         self.dropout2 = nn.Dropout(p=0.1)
 
     def __call__(self, x, *, train: bool = False):
-        batch = x.shape[0]
         norm1 = self.norm1(x)
         self_attn, _ = self.self_attn(
             norm1,
@@ -61,7 +60,6 @@ class TransformerEncoderLayer_1(linen.Module):
         self.dropout2 = nn.Dropout(p=0.1)
 
     def __call__(self, add, mul, mul_1, *, train: bool = False):
-        batch = add.shape[0]
         norm1 = self.norm1(add)
         self_attn, _ = self.self_attn(
             norm1,
@@ -92,7 +90,6 @@ class TransformerEncoder(linen.Module):
         self.layers = [TransformerEncoderLayer(), TransformerEncoderLayer_1()]
 
     def __call__(self, x, *, train: bool = False):
-        batch = x.shape[0]
         layers_0, layers_0_1, layers_0_2 = self.layers[0](x, train=train)
         layers_1 = self.layers[1](layers_0_2, layers_0, layers_0_1, train=train)
         return layers_1
@@ -111,12 +108,12 @@ class ViT(linen.Module):
         self.head = nn.Linear(32, 10)
 
     def __call__(self, x, *, train: bool = False):
-        batch = x.shape[0]
         patch_embed = self.patch_embed(x)
         flatten = jnp.reshape(
             patch_embed, (*patch_embed.shape[:2], -1)
         )  # (N, 32, 4, 4) -> (N, 32, 16)
         transpose = jnp.swapaxes(flatten, 1, 2)  # (N, 32, 16) -> (N, 16, 32)
+        batch = x.shape[0]
         expand = jnp.broadcast_to(
             self.cls_token, (batch, self.cls_token.shape[1], self.cls_token.shape[2])
         )

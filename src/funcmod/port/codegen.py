@@ -192,16 +192,29 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         name = namer.fresh(given[i] if given else ("x" if len(ins) == 1 else node.name))
         env[node] = name
         params.append(name)
-    if not root:  # sizes the caller's tensors carry, read here from the inputs that carry them
+    # sizes the caller's tensors carry, read here from the input that carries them; bound at
+    # the first statement that reads one (a class that never reads its batch size binds none)
+    derived: dict[torch.fx.Node, tuple[torch.fx.Node, int]] = {}
+    sizes: dict[torch.fx.Node, tuple[str, str]] = {}  # sym_size nodes not read yet
+    if not root:
         inside = set(call.nodes())
         outer = {a for n in inside for a in n.all_input_nodes if a not in inside}
         for size, (tensor, axis) in _derived_sizes([*ins, *outer]).items():
             if tensor in env and size not in env:
-                env[size] = namer.fresh("batch" if axis == 0 else size.name, node=False)
-                lines.append(f"{env[size]} = {env[tensor]}.shape[{axis}]")
+                derived[size] = (tensor, axis)
 
     def value(node: torch.fx.Node) -> str:
         if node in env:
+            return env[node]
+        if node in derived:
+            tensor, axis = derived[node]
+            env[node] = namer.fresh("batch" if axis == 0 else node.name, node=False)
+            lines.append(f"{env[node]} = {env[tensor]}.shape[{axis}]")
+            return env[node]
+        if node in sizes:  # a size this class's graph reads off a tensor, bound at first use
+            name, expr = sizes.pop(node)
+            env[node] = namer.fresh(name, node=name != "batch")
+            lines.append(f"{env[node]} = {expr}")
             return env[node]
         ref = st.refs.get(node.name)
         if ref is None:
@@ -244,9 +257,11 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
             continue
         if isinstance(result, Same):
             env[node] = render(result.value, st.dtypes)
+        elif node.target == torch.ops.aten.sym_size.int:
+            # only twins' insides may read it (they take their own): written where first read
+            sizes[node] = ("batch" if node.args[1:2] == (0,) else node.name, result)
         else:
-            batch = node.target == torch.ops.aten.sym_size.int and node.args[1:2] == (0,)
-            name = namer.fresh("batch" if batch else node.name, node=not batch)
+            name = namer.fresh(node.name)
             comment = ""
             if entry.shape_comment:
                 comment = f"  # {_shape(c.in_shape(0))} -> {_shape(c.shape)}"
@@ -254,6 +269,9 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
             env[node] = name
         if entry.inplace and node.args and isinstance(node.args[0], torch.fx.Node):
             env[node.args[0]] = env[node]
+    for n in pytree.tree_flatten(outs)[0]:
+        if isinstance(n, torch.fx.Node) and n in sizes:
+            value(n)  # a size the class returns
     ret = _return(outs, env, root, st)
     decls = declarations(st, call)
     sig = ", ".join(["self", *params])
