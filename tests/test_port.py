@@ -390,3 +390,32 @@ def test_generated_source_binds_no_unused_name():
         text = page.read_text(encoding="utf-8")
         assert unused_names(text) == [], page.name
         assert _ruff_unused(text) in (None, ""), page.name
+
+
+class _AdaptiveMax(nn.Module):
+    """SPP-style: one feature map pooled to several grids, sizes that do not divide included."""
+
+    def forward(self, x):
+        a = nn.functional.adaptive_max_pool2d(x, 3)  # 7 -> 3: bins overlap
+        b = nn.functional.adaptive_max_pool2d(x, (2, None))  # (7, 5) -> (2, 5)
+        return torch.cat([a.flatten(1), b.flatten(1)], dim=1)
+
+
+def test_adaptive_max_pool2d_has_forward_and_gradient_parity():
+    torch.manual_seed(0)
+    ported = port(_AdaptiveMax(), (torch.randn(2, 2, 7, 5),))
+    assert "F.adaptive_max_pool2d(x, (3, 3))" in ported.source, ported.source
+    assert "getitem" not in ported.source  # the values are the pool's own statement
+    r32, r64 = ported.check(np.float32), ported.check(np.float64)
+    assert r32.ok and r64.ok, f"{r32}\n{r64}"
+    assert [d.path for d in r64.grads] == ["x0"]  # the input's gradient, through both pools
+
+
+def test_adaptive_max_pool2d_indices_are_refused_by_name():
+    class Indices(nn.Module):
+        def forward(self, x):
+            v, i = nn.functional.adaptive_max_pool2d(x, 2, return_indices=True)
+            return v * i.to(v.dtype)
+
+    with pytest.raises(NotImplementedError, match=r"indices aten\.adaptive_max_pool2d"):
+        port(Indices(), (torch.randn(1, 2, 5, 5),))

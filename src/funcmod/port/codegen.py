@@ -240,6 +240,8 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         entry = lookup_op(node.target)
         if entry is None:
             continue  # listed by find_unsupported
+        if not node.users and not entry.inplace:
+            continue  # a value nothing reads (the indices of a max): no statement
         c = OpCall(
             node,
             arg(tuple(node.args)),

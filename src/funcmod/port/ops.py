@@ -31,6 +31,7 @@ import torch.fx
 __all__ = [
     "DROP",
     "OPS",
+    "VALUES_ONLY",
     "OpCall",
     "OpEntry",
     "Same",
@@ -76,6 +77,10 @@ class OpEntry:
 
 
 OPS: dict[Any, OpEntry] = {}
+
+# Ops that return ``(values, indices)`` in torch and whose emitter writes the values alone: the
+# graph's ``getitem(node, 0)`` is the node itself, and reading the indices is refused.
+VALUES_ONLY: set[Any] = set()
 
 
 def register_op(

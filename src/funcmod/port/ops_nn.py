@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from funcmod.port.ops import OpCall, Same, register_op
+from funcmod.port.ops import VALUES_ONLY, OpCall, Same, register_op
 
 __all__: list[str] = []  # registers emitters in funcmod.port.ops.OPS
 
@@ -254,6 +254,10 @@ register_op(aten.avg_pool2d, _avg_pool)
 register_op(aten.avg_pool1d, _avg_pool)
 register_op(aten.adaptive_avg_pool2d, lambda c: f"F.adaptive_avg_pool2d({c[0]}, {c[1]})")
 register_op(aten.adaptive_avg_pool1d, lambda c: f"F.adaptive_avg_pool1d({c[0]}, {c[1]})")
+# torch returns (values, indices); the port computes the values (torch's bins, overlapping where
+# the size does not divide: 7 -> 3 reads [0, 3), [2, 5), [4, 7))
+register_op(aten.adaptive_max_pool2d, lambda c: f"F.adaptive_max_pool2d({c[0]}, {c[1]})")
+VALUES_ONLY.add(aten.adaptive_max_pool2d.default)
 
 
 def _upsample(mode: str):

@@ -15,7 +15,7 @@ import operator
 import torch
 import torch.fx
 
-from funcmod.port.ops import DROP, OpCall, Same, Var, register_op
+from funcmod.port.ops import DROP, VALUES_ONLY, OpCall, Same, Var, register_op
 
 __all__: list[str] = []  # registers emitters in funcmod.port.ops.OPS
 
@@ -230,7 +230,18 @@ def _cast(c: OpCall):
 
 for _op in [aten.to, aten._to_copy, aten.type_as]:
     register_op(_op, _cast)
-register_op(operator.getitem, lambda c: f"{c[0]}[{c[1]}]")
+
+
+def _getitem(c: OpCall):
+    src = c.node.args[0]
+    if isinstance(src, torch.fx.Node) and src.target in VALUES_ONLY:
+        if c.arg(1) != 0:
+            raise NotImplementedError(f"the indices {src.target} returns are not ported")
+        return Same(c.arg(0))
+    return f"{c[0]}[{c[1]}]"
+
+
+register_op(operator.getitem, _getitem)
 register_op(aten.sym_size.int, lambda c: f"{c[0]}.shape[{c[1]}]")
 for _fn, _sym in [
     (operator.add, "+"),
