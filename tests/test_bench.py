@@ -302,3 +302,34 @@ def test_conv_grid_covers_resnet18_and_mobilenetv3_shapes():
     assert "resnet18@64:conv1 b2 3->64 64x64 k7 s2" in labels
     assert any(r.groups == r.c_in > 1 and r.kernel == 5 and r.stride == 2 for r in rows)
     assert any(r.net.startswith("mobilenetv3") and r.kernel == 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_resnet_bench_times_the_same_resnet18_on_both_sides(capsys):
+    """`funcmod bench --resnet` at batch 2, 64x64: the Flax ResNet-18 takes the torch twin's
+    weights unrenamed (torchvision's ResNet-18 with 10 classes: 11,181,642 parameters), gives its
+    logits, and the row's ratio is the ratio of its medians (structure only, never speed).
+
+    Not 32x32: there the last stage's BatchNorm normalises 2 values per channel (2 images of
+    1x1), which amplifies rounding about 1e4-fold on both sides alike (logits 6.8e-4 apart in
+    float32, 6.1e-13 in float64)."""
+    from funcmod.tools.bench import resnet
+    from funcmod.tools.cli import main
+
+    twin = resnet.TorchResNet18()
+    assert sum(p.numel() for p in twin.parameters()) == 11_181_642
+    config = resnet.ResNetBenchConfig(
+        batches=(2,), size=64, rounds=1, min_time=0.001, torch_threads=(1,)
+    )
+    result = resnet.run_resnet_bench(config)
+    (row,) = result["rows"]
+    assert row["parity_rel"] <= 1e-5  # float32 train-mode logits against torch's
+    t = row["times"]
+    assert set(t) == {"flax_step", "torch_t1", "torch_eager"} and all(v > 0 for v in t.values())
+    assert row["eager_over_step"] == pytest.approx(t["torch_eager"] / t["flax_step"])
+    assert (row["why_slower"] is None) == (row["eager_over_step"] >= 1.0)
+    assert row["xla_flops"] > 0 and row["xla_bytes"] > 0
+    assert "| ResNet-18 b2 64x64 |" in resnet.render_resnet_markdown(result)
+    json.dumps(result)
+    assert main(["bench", "--resnet", "--resnet-batches", "0"]) == 2
+    assert "batches" in capsys.readouterr().err

@@ -34,6 +34,8 @@ The modules, each depending only on those above it in this list:
   ``funcmod.nn.conv`` against torch eager on ResNet-18 and MobileNetV3 shapes;
 * ``corpus``: the ported corpus (``funcmod bench --corpus``), each ``funcmod.corpus`` model's
   jitted train step against torch eager and ``torch.compile``, compile times apart;
+* ``resnet``: a hand-written ResNet-18 (``funcmod bench --resnet``), ``funcmod.nn`` layers and
+  its torch twin, the library's jitted train step against torch eager;
 * ``command``: the ``funcmod bench`` subcommand (``add_parser``, ``run``), the only argparse.
 """
 

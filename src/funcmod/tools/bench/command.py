@@ -55,6 +55,20 @@ def add_parser(subparsers: Any) -> None:
         "(writes bench_corpus.json and bench_corpus.md with --out)",
     )
     p.add_argument(
+        "--resnet",
+        action="store_true",
+        help="a hand-written ResNet-18 (funcmod.nn layers and its torch twin) instead: the "
+        "library's jitted train step vs torch eager (writes bench_resnet.json and "
+        "bench_resnet.md with --out)",
+    )
+    p.add_argument(
+        "--resnet-batches",
+        type=int,
+        nargs="+",
+        metavar="B",
+        help="the ResNet-18's batch sizes (default 2 32; inputs 64x64)",
+    )
+    p.add_argument(
         "--conv-inputs",
         nargs="+",
         metavar="SIZExBATCH",
@@ -101,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_corpus(args, as_json, outdir)
     if getattr(args, "convs", False):
         return _run_convs(args, as_json, outdir)
+    if getattr(args, "resnet", False):
+        return _run_resnet(args, as_json, outdir)
     result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if as_json else render_markdown(result))
     if outdir:
@@ -150,6 +166,44 @@ def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> i
         (out / "bench_convs.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "bench_convs.md").write_text(markdown)
         print(f"wrote {out / 'bench_convs.json'} and {out / 'bench_convs.md'}", file=sys.stderr)
+    return 0
+
+
+def _write(outdir: str, stem: str, result: dict[str, Any], markdown: str) -> None:
+    """``<stem>.json`` and ``<stem>.md`` into ``outdir`` (created), announced on stderr."""
+    from pathlib import Path
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}", file=sys.stderr)
+
+
+def _run_resnet(args: argparse.Namespace, as_json: bool, outdir: str | None) -> int:
+    """``funcmod bench --resnet``: the ResNet-18 step (``funcmod.tools.bench.resnet``)."""
+    from funcmod.tools.bench.resnet import (
+        ResNetBenchConfig,
+        render_resnet_markdown,
+        run_resnet_bench,
+    )
+
+    given = {
+        "batches": tuple(args.resnet_batches) if args.resnet_batches else None,
+        "rounds": args.rounds,
+        "min_time": args.min_time,
+        "torch_threads": tuple(args.torch_threads) if args.torch_threads else None,
+    }
+    try:
+        config = ResNetBenchConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        print(f"funcmod bench: {e}", file=sys.stderr)
+        return 2
+    result = run_resnet_bench(config, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    markdown = render_resnet_markdown(result)
+    print(json.dumps(result, indent=2) if as_json else markdown)
+    if outdir:
+        _write(outdir, "bench_resnet", result, markdown)
     return 0
 
 

@@ -21,12 +21,11 @@ the numbers are this command's.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,7 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcmod.tools.bench.timing import format_seconds, steps_per_measurement, time_interleaved
+from funcmod.tools.bench.timing import (
+    format_seconds,
+    steps_per_measurement,
+    time_interleaved,
+    torch_threads,
+)
 
 __all__ = [
     "NOISE",
@@ -195,8 +199,7 @@ def _jax_runs(
 
 def _torch_run(row: ConvRow, x: np.ndarray, k: np.ndarray, ct: np.ndarray) -> Callable[[int], None]:
     """torch eager's conv2d and its backward with cotangent ``ct``, as ``run(n)``, at whatever
-    intra-op thread count is set (``_torch_threads`` sets it outside the timed calls: changing
-    it rebuilds torch's thread pool, which must not be charged to a measurement)."""
+    intra-op thread count is set (``timing.torch_threads`` sets it outside the timed calls)."""
     import torch
 
     tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
@@ -211,18 +214,6 @@ def _torch_run(row: ConvRow, x: np.ndarray, k: np.ndarray, ct: np.ndarray) -> Ca
             tx.grad = tk.grad = None
 
     return run
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _measure(runs: dict[str, Callable[[int], None]], config: ConvBenchConfig) -> tuple[dict, dict]:
@@ -258,10 +249,10 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     # JAX's runs interleaved with torch at its first thread count, then torch at each other
     # count on its own (the thread count changes only between measurements).
     first_t = config.torch_threads[0]
-    with _torch_threads(first_t):
+    with torch_threads(first_t):
         first, times = _measure({**runs, f"torch_t{first_t}:fwd+bwd": torch_run}, config)
     for t in config.torch_threads[1:]:
-        with _torch_threads(t):
+        with torch_threads(t):
             more_first, more = _measure({f"torch_t{t}:fwd+bwd": torch_run}, config)
         times.update(more)
         first.update(more_first)

@@ -27,6 +27,7 @@ __all__ = [
     "no_gc",
     "steps_per_measurement",
     "time_interleaved",
+    "torch_threads",
 ]
 
 
@@ -132,3 +133,18 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.0f} us"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block, restored after. Set it outside
+    the timed calls: changing it rebuilds torch's thread pool, which must not be charged to a
+    measurement."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
