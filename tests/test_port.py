@@ -287,7 +287,7 @@ def test_the_batch_axis_stays_free_and_float32_islands_stay_float32():
     torch.manual_seed(0)
     model = Net()
     ported = port(model, (torch.randn(2, 2, 4, 4),))
-    assert "astype(jnp.float32)" in ported.source and "astype(float)" in ported.source
+    assert "astype(jnp.float32)" in ported.source and "astype(view.dtype)" in ported.source
     x = torch.randn(5, 2, 4, 4)  # another batch size than the example's
     y = ported.module.apply(ported.variables, x.numpy())
     np.testing.assert_allclose(np.asarray(y), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
@@ -419,3 +419,54 @@ def test_adaptive_max_pool2d_indices_are_refused_by_name():
 
     with pytest.raises(NotImplementedError, match=r"indices aten\.adaptive_max_pool2d"):
         port(Indices(), (torch.randn(1, 2, 5, 5),))
+
+
+class _Rotary(nn.Module):
+    """Llama's rotary embedding in small: a non-persistent buffer (written into the source) and
+    positions cast to the dtype of an input it reads nothing else from."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("inv_freq", torch.tensor([1.0, 0.1]), persistent=False)
+
+    def forward(self, x, pos):
+        return (self.inv_freq[None, :].to(x.dtype) * pos[:, None].to(x.dtype)).cos()  # (T, 2)
+
+
+class _Follows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.rot = _Rotary()
+
+    def forward(self, x):  # x (N, T, 4)
+        mask = (x > 0).to(x.dtype)  # bool -> the model's dtype
+        c = self.rot(x, torch.arange(x.shape[1]))
+        return self.fc(x * mask)[..., :2] * c + torch.full((2,), 0.5, dtype=x.dtype)
+
+
+def test_a_float32_port_stays_float32_under_x64():
+    from tests.helpers import x64
+
+    torch.manual_seed(0)
+    model = _Follows()
+    x = torch.randn(2, 3, 4)
+    ported = port(model, (x,))
+    src = ported.source
+    assert "float)" not in src and "dtype=float" not in src, src  # no JAX-default float
+    assert "like=" in src  # the rotary class reads its caller's tensor for the dtype
+    with x64(np.float64):
+        for dt in (np.float32, np.float64):
+            variables = jax.tree.map(lambda v, d=dt: np.asarray(v, d), ported.variables)
+            xs = x.numpy().astype(dt)
+
+            def loss(v, xs):
+                return ported.module.apply(v, xs).sum()
+
+            jaxpr = str(jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(variables, xs))
+            other = "f64" if dt == np.float32 else "f32"
+            assert other not in jaxpr, f"{dt.__name__} port computes in {other}:\n{jaxpr}"
+            y = ported.module.apply(variables, xs)
+            assert y.dtype == dt
+    want = model(x).detach().numpy()
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-6)

@@ -13,15 +13,16 @@ from funcmod.nn import functional as F
 class LlamaRotaryEmbedding(linen.Module):
     """Port of ``funcmod.corpus.language.LlamaRotaryEmbedding``."""
 
-    def __call__(self, x):
+    def __call__(self, x, *, like):
         rotary_emb_inv_freq = jnp.asarray(
-            [1.0, 0.10000000149011612, 0.009999999776482582, 0.0010000000474974513], dtype=float
+            [1.0, 0.10000000149011612, 0.009999999776482582, 0.0010000000474974513],
+            dtype=like.dtype,
         )
         unsqueeze = jnp.expand_dims(rotary_emb_inv_freq, 0)
         unsqueeze_1 = jnp.expand_dims(unsqueeze, 2)
         expand = jnp.broadcast_to(unsqueeze_1, (1, unsqueeze_1.shape[1], 1))
         unsqueeze_2 = jnp.expand_dims(x, 1)
-        to = unsqueeze_2.astype(float)
+        to = unsqueeze_2.astype(rotary_emb_inv_freq.dtype)
         matmul = expand @ to
         transpose = jnp.swapaxes(matmul, 1, 2)  # (1, 4, 8) -> (1, 8, 4)
         cat = jnp.concatenate((transpose, transpose), axis=-1)
@@ -171,7 +172,7 @@ class Llama(linen.Module):
         embed_tokens = self.embed_tokens(input_ids)
         arange = jnp.arange(8, dtype=int)
         unsqueeze = jnp.expand_dims(arange, 0)
-        rotary_emb, rotary_emb_1 = self.rotary_emb(unsqueeze)
+        rotary_emb, rotary_emb_1 = self.rotary_emb(unsqueeze, like=embed_tokens)
         layers_0 = self.layers[0](embed_tokens, rotary_emb, rotary_emb_1)
         layers_1 = self.layers[1](layers_0, rotary_emb, rotary_emb_1)
         norm = self.norm(layers_1)

@@ -6,7 +6,8 @@ parity report.
 * ``funcmod.port.capture``: ``torch.export`` capture and the module-call tree; the
   ``UnsupportedError`` that lists every op and module it cannot port.
 * ``funcmod.port.codegen``: the Flax source, one class per torch module class; its ``setup``
-  lines come from ``funcmod.port.declare``.
+  lines come from ``funcmod.port.declare``, its dtypes from ``funcmod.port.dtypes`` (the
+  model's dtype read off a tensor, ``h.dtype``, so a float32 port stays float32 under x64).
 * ``funcmod.port.ops``: the op table (``register_op``), with its emitters in
   ``funcmod.port.ops_tensor``, ``funcmod.port.ops_shape`` and ``funcmod.port.ops_nn``.
 * ``funcmod.port.modules``: torch.nn classes ported as their ``funcmod.nn`` twin

@@ -29,6 +29,7 @@ import funcmod.port.ops_shape
 import funcmod.port.ops_tensor  # noqa: F401  (the three register the emitters)
 from funcmod.port.capture import Call, Captured, source_line
 from funcmod.port.declare import ClassDef, State, attr_expr, declarations
+from funcmod.port.dtypes import dtype_writer, node_writer, source_of
 from funcmod.port.ops import DROP, OpCall, Same, Var, lookup_op, render
 from funcmod.port.params import TensorRef, constant_source, resolve
 
@@ -53,19 +54,6 @@ def _used(import_line: str, code: str) -> bool:
 
 class CodegenError(NotImplementedError):
     """A structure the generator cannot write (listed with module paths)."""
-
-
-def _dtype_writer(capture_float: torch.dtype):
-    def write(dtype: torch.dtype) -> str:
-        if dtype == capture_float:
-            return "float"
-        if dtype == torch.int64:
-            return "int"
-        if dtype == torch.bool:
-            return "bool"
-        return "jnp." + str(dtype).removeprefix("torch.")
-
-    return write
 
 
 class _Namer:
@@ -203,6 +191,23 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
             if tensor in env and size not in env:
                 derived[size] = (tensor, axis)
 
+    like: list[str] = []  # the keyword input a class without a model-dtype tensor takes
+
+    def source(node: torch.fx.Node | None) -> str | None:
+        """A name whose dtype is the model's: derived from ``node``, or, in a class that holds
+        none (Llama's rotary embedding reads only its caller's x.dtype), ``like``, a tensor
+        its caller passes."""
+        found = source_of(node, env, st.capture_float)
+        if found is None and not root:
+            like[:] = like or [namer.fresh("like", node=False)]
+            found = like[0]
+        return found
+
+    def writer(node: torch.fx.Node | None):  # dtypes as the statement of ``node`` writes them
+        return node_writer(node, st.dtypes, st.capture_float, lambda: source(node))
+
+    reading: list = [None]  # the node whose statement is being written (its constants' dtype)
+
     def value(node: torch.fx.Node) -> str:
         if node in env:
             return env[node]
@@ -222,7 +227,7 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
                 (f"value {node.name} is not available here", call.path, source_line(node))
             )
             return "None"
-        env[node] = _read(st, call, node, ref, namer, lines)
+        env[node] = _read(st, call, node, ref, namer, lines, writer(reading[0]))
         return env[node]
 
     def arg(a: Any) -> Any:
@@ -234,7 +239,7 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
 
     for item in call.items:
         if isinstance(item, Call):
-            needs_train |= _emit_child(st, call, item, order, env, namer, lines, arg)
+            needs_train |= _emit_child(st, call, item, order, env, namer, lines, arg, source)
             continue
         node = item
         entry = lookup_op(node.target)
@@ -242,13 +247,15 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
             continue  # listed by find_unsupported
         if not node.users and not entry.inplace:
             continue  # a value nothing reads (the indices of a max): no statement
+        reading[0] = node
         c = OpCall(
             node,
             arg(tuple(node.args)),
             {k: arg(v) for k, v in node.kwargs.items()},
-            _node_dtypes(st, node),
+            writer(node),
             alt=node.meta.get("_port_alt"),
         )
+        reading[0] = None
         try:
             result = entry.emitter(c)
         except Exception as e:  # an emitter that cannot handle these arguments
@@ -258,7 +265,7 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         if result is DROP:
             continue
         if isinstance(result, Same):
-            env[node] = render(result.value, st.dtypes)
+            env[node] = render(result.value, c.dtypes)
         elif node.target == torch.ops.aten.sym_size.int:
             # only twins' insides may read it (they take their own): written where first read
             sizes[node] = ("batch" if node.args[1:2] == (0,) else node.name, result)
@@ -277,8 +284,9 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
     ret = _return(outs, env, root, st)
     decls = declarations(st, call)
     sig = ", ".join(["self", *params])
-    if needs_train:
-        sig += ", *, train: bool = False"
+    if needs_train or like:
+        sig += ", *" + (f", {like[0]}" if like else "")
+        sig += ", train: bool = False" if needs_train else ""
     body = ["    def setup(self):", *(f"        {d}" for d in decls)] if decls else []
     if ins or call.items or root:
         body += [f"    def __call__({sig}):", *(f"        {ln}" for ln in lines), f"        {ret}"]
@@ -290,36 +298,10 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         return st.by_text[key]
     taken = sum(1 for k in st.by_text if k[0] == torch_name)
     cls = ClassDef(torch_name if not taken else f"{torch_name}_{taken}", text, needs_train)
+    cls.needs_like = bool(like)
     st.classes.append(cls)
     st.by_text[key] = cls
     return cls
-
-
-def _dtypes_of(node: torch.fx.Node) -> list[Any]:
-    vals = [node.meta.get("val")]
-    found = [v.dtype for v in vals if isinstance(v, torch.Tensor)]
-    found += [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.dtype)]
-    return found
-
-
-def _node_dtypes(st: State, node: torch.fx.Node):
-    """The node's dtype writer: the capture's float dtype is ``float`` (JAX's default float,
-    float64 under x64) where it follows the model's dtype, ``jnp.float32`` where the model's
-    code names it (paired float64 capture); ``float`` everywhere without a float64 capture."""
-    alt = node.meta.get("_port_alt")
-    if alt is None:
-        return st.dtypes
-    pairs = zip(_dtypes_of(node), _dtypes_of(alt), strict=False)
-    follows = any(a == st.capture_float and b == torch.float64 for a, b in pairs)
-    if follows:
-        return st.dtypes
-
-    def write(dtype: torch.dtype) -> str:
-        if dtype == st.capture_float:
-            return "jnp." + str(dtype).removeprefix("torch.")
-        return st.dtypes(dtype)
-
-    return write
 
 
 def _qualname(m: nn.Module) -> str:
@@ -332,12 +314,12 @@ def _shape(shape: tuple) -> str:
     return "(" + ", ".join(dims) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _read(st: State, call: Call, node, ref: TensorRef, namer: _Namer, lines: list[str]) -> str:
+def _read(st: State, call: Call, node, ref: TensorRef, namer: _Namer, lines, dtypes) -> str:
     if ref.kind == "error":
         st.errors.append((ref.value, call.path, source_line(node)))
         return "None"
     if ref.kind == "constant":
-        src = constant_source(ref.value, st.dtypes(ref.value.dtype))
+        src = constant_source(ref.value, dtypes(ref.value.dtype))
         if src is None:
             st.errors.append(
                 (
@@ -373,7 +355,7 @@ def _read(st: State, call: Call, node, ref: TensorRef, namer: _Namer, lines: lis
     return name
 
 
-def _emit_child(st, call, child: Call, order, env, namer, lines, arg) -> bool:
+def _emit_child(st, call, child: Call, order, env, namer, lines, arg, source) -> bool:
     target = attr_expr(st.cap.model, call.path, child.path)
     base = child.path.rsplit(".", 1)[-1]
     if base.isdigit():  # the Flax name: layers_0 in a Sequential, blocks_0 in a ModuleList
@@ -410,6 +392,8 @@ def _emit_child(st, call, child: Call, order, env, namer, lines, arg) -> bool:
         st.by_path[child.path] = _emit_class(st, child, ins, outs)
     cls = st.by_path[child.path]
     parts = [str(arg(n)) for n in ins]
+    if cls.needs_like:  # a tensor of the model's dtype (torch's forward took one for its dtype)
+        parts.append(f"like={source(None) or 'jnp.zeros((), float)'}")
     if cls.needs_train:
         parts.append("train=train")
     pattern = _pattern(outs, None, base, namer, env, set(child.nodes()))
@@ -480,7 +464,7 @@ def generate(cap: Captured) -> tuple[str, str]:
     """
     params = [p for p in cap.model.parameters() if p.is_floating_point()]
     capture_float = params[0].dtype if params else torch.float32
-    st = State(cap, _dtype_writer(capture_float), capture_float=capture_float)
+    st = State(cap, dtype_writer(capture_float), capture_float=capture_float)
     _resolve_all(st)
     placeholders = {n.name: n for n in cap.program.graph.nodes if n.op == "placeholder"}
     ins = [placeholders[name] for name in cap.user_inputs]

@@ -24,6 +24,7 @@ class ClassDef:
     name: str
     text: str
     needs_train: bool
+    needs_like: bool = False  # takes like=, a tensor whose dtype is the model's (codegen)
 
 
 @dataclass
