@@ -9,7 +9,8 @@ parity report.
   lines come from ``funcmod.port.declare``, its dtypes from ``funcmod.port.dtypes`` (the
   model's dtype read off a tensor, ``h.dtype``, so a float32 port stays float32 under x64).
 * ``funcmod.port.ops``: the op table (``register_op``), with its emitters in
-  ``funcmod.port.ops_tensor``, ``funcmod.port.ops_shape`` and ``funcmod.port.ops_nn``.
+  ``funcmod.port.ops_tensor``, ``funcmod.port.ops_shape``, ``funcmod.port.ops_nn`` and
+  ``funcmod.port.ops_index``.
 * ``funcmod.port.modules``: torch.nn classes ported as their ``funcmod.nn`` twin
   (``register_module``).
 * ``funcmod.port.params``: where each tensor the graph reads lives (a parameter, a buffer, a

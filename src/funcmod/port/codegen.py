@@ -24,9 +24,10 @@ import torch.fx
 import torch.utils._pytree as pytree
 from torch import nn
 
+import funcmod.port.ops_index
 import funcmod.port.ops_nn
 import funcmod.port.ops_shape
-import funcmod.port.ops_tensor  # noqa: F401  (the three register the emitters)
+import funcmod.port.ops_tensor  # noqa: F401  (the four register the emitters)
 from funcmod.port.capture import Call, Captured, source_line
 from funcmod.port.declare import ClassDef, State, attr_expr, declarations
 from funcmod.port.dtypes import dtype_writer, node_writer, source_of

@@ -14,8 +14,9 @@ any other call target (``operator.getitem``). In-place ops (``add_``) are regist
 ``inplace=True``: the emitter writes the functional op and later reads of the mutated tensor
 read its result.
 
-The emitters themselves live in ``funcmod.port.ops_tensor`` (elementwise, reductions, shapes,
-creation) and ``funcmod.port.ops_nn`` (``torch.nn.functional``'s ops).
+The emitters themselves live in ``funcmod.port.ops_tensor`` (elementwise, casts),
+``funcmod.port.ops_shape`` (shapes, reductions, creation), ``funcmod.port.ops_nn``
+(``torch.nn.functional``'s ops) and ``funcmod.port.ops_index`` (sorting, scattered writes).
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ class OpCall:
       args, kwargs: the node's arguments with graph values replaced by ``Var``s.
       train: the name of the train flag in the generated ``__call__``.
       uses_train: set by ``c.train`` reads; the code generator threads ``train`` then.
-      dtypes: writes a torch dtype as source (the capture's float dtype becomes ``float``,
-        JAX's default float type, so the same source runs in float32 and, under x64, float64).
+      dtypes: writes a torch dtype as source (the capture's float dtype, where it follows the
+        model's, as the dtype of a tensor the node derives from, ``h.dtype``: the same source
+        runs in float32 and float64; ``funcmod.port.dtypes``).
     """
 
     node: torch.fx.Node

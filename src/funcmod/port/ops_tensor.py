@@ -2,8 +2,9 @@
 and the no-ops ``torch.export`` leaves in a graph (registered on import; shapes, reductions and
 creation are in ``funcmod.port.ops_shape``).
 
-Conventions: torch's dims may be negative, so are jnp's axes; a cast to the capture's float
-dtype is written ``astype(float)`` (``funcmod.port.ops.OpCall.dtypes``); binary ops cast a tensor
+Conventions: torch's dims may be negative, so are jnp's axes; a cast to the model's float
+dtype is written ``astype(h.dtype)`` with ``h`` a tensor it derives from
+(``funcmod.port.ops.OpCall.dtypes``); binary ops cast a tensor
 operand whose dtype differs from the result's, since JAX's strict promotion would refuse what
 torch promotes silently.
 """
