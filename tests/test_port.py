@@ -511,12 +511,29 @@ class _Scatter(nn.Module):
         return a + b + c + d + (gi * gj).to(x.dtype)
 
 
+class _More(nn.Module):
+    """concatenate, broadcast_tensors, unfold, linalg.norm, fill_ (a tensor), floor_divide_,
+    index_add, bucketize."""
+
+    def forward(self, x):  # x (N, 4, 6)
+        a, b = torch.broadcast_tensors(x[:, :1], x[:, :, :1])  # both (N, 4, 6)
+        w = x.unfold(2, 3, 2)  # (N, 4, 2, 3): windows of 3, step 2
+        n = torch.linalg.norm(x, dim=(1, 2))  # (N,)
+        f = torch.empty_like(x).fill_(x[0, 0, 0])
+        q = torch.arange(12)
+        q.floor_divide_(torch.full((12,), 5))
+        g = x.index_add(1, torch.tensor([0, 2, 0]), x[:, 1:] * 2, alpha=0.5)  # 0 twice
+        k = torch.bucketize(x.round(), torch.tensor([-1.0, 0.0, 1.0]))  # ties: left or right
+        h = a * b + f + g + k.to(x.dtype)
+        return torch.concatenate([h.flatten(1), w.flatten(1), n[:, None] * q.sum()], dim=1)
+
+
 @pytest.mark.parametrize(
-    "model", [pytest.param(_Sorting, marks=pytest.mark.slow), _Scatter]
+    "model", [pytest.param(_Sorting, marks=pytest.mark.slow), _Scatter, _More]
 )  # _Sorting: 7 s on a busy machine, 12 s under pytest there
 def test_census_ops_have_forward_and_gradient_parity(model):
     torch.manual_seed(0)
-    x = torch.randn(3, 5, 6) if model is _Sorting else torch.randn(3, 4, 5)
+    x = torch.randn(*{_Sorting: (3, 5, 6), _Scatter: (3, 4, 5), _More: (3, 4, 6)}[model])
     ported = port(model(), (x,))
     r32, r64 = ported.check(np.float32), ported.check(np.float64)
     assert r32.ok and r64.ok, f"{ported.source}\n{r32}\n{r64}"

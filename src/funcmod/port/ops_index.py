@@ -1,7 +1,7 @@
 """Emitters for sorting, selection and scattered writes (registered on import): ``topk``,
-``sort``, ``argsort``, ``diff``, ``histc``, ``meshgrid``, ``scatter``, ``index_put`` and
-``copy_``: the ops next in line, by how many architectures use them, in a census of the
-export graphs of a model library's base models.
+``sort``, ``argsort``, ``diff``, ``histc``, ``bucketize``, ``meshgrid``, ``scatter``,
+``index_put``, ``index_add`` and ``copy_``: the ops next in line, by how many architectures
+use them, in a census of the export graphs of a model library's base models.
 
 Conventions: an op that returns ``(values, indices)`` in torch is written as that tuple (the
 graph's ``getitem`` picks one); sorting is stable where torch's result depends on it (indices of
@@ -144,6 +144,24 @@ def _index_put(c: OpCall) -> str:
     return f"{x}.at[{parts}].{'add' if acc else 'set'}({values})"
 
 
+def _index_add(c: OpCall) -> str:
+    # (x, dim, index, source, alpha=1): x[:, ..., index[i], ...] += alpha * source[..., i, ...]
+    d, alpha = _dim(c, 1, "dim"), c.kwargs.get("alpha", 1)
+    src = c[3] if alpha == 1 else f"{c.r(alpha)} * {c[3]}"
+    return f"{c[0]}.at[{':, ' * d}{c[2]}].add({src})"
+
+
+register_op(aten.index_add, _index_add)
+
+
+def _bucketize(c: OpCall) -> str:
+    # (x, boundaries, *, out_int32=False, right=False): torch's right=False is the first
+    # boundary >= x, numpy's side="left"
+    side = "right" if c.kwargs.get("right", False) else "left"
+    return f"jnp.searchsorted({c[1]}, {c[0]}, side={side!r}).astype({c.dtypes(c.dtype)})"
+
+
+register_op(aten.bucketize.Tensor, _bucketize)
 register_op(aten.index_put, _index_put)
 register_op(aten.index_put_, _index_put, inplace=True)
 # copy_(x, src): x's shape and dtype, src's values

@@ -139,6 +139,22 @@ register_op(aten.cat, lambda c: f"jnp.concatenate({c.r(list(c.arg(0)))}, axis={c
 register_op(
     aten.concat, lambda c: f"jnp.concatenate({c.r(list(c.arg(0)))}, axis={c.ra(1, 'dim', 0)})"
 )
+register_op(
+    aten.concatenate,
+    lambda c: f"jnp.concatenate({c.r(list(c.arg(0)))}, axis={c.ra(1, 'dim', 0)})",
+)
+register_op(aten.broadcast_tensors, lambda c: f"jnp.broadcast_arrays(*{c.r(list(c.arg(0)))})")
+
+
+def _unfold(c: OpCall) -> str:
+    # x.unfold(dim, size, step): windows along dim, (..., L, ...) -> (..., n, ..., size)
+    d = c.arg(1) % max(len(c.in_shape(0)), 1)
+    size, step, n = c.arg(2), c.arg(3), c.shape[d]
+    starts = f"jnp.arange({n})[:, None] * {step} + jnp.arange({size})[None]"  # (n, size)
+    return f"jnp.moveaxis(jnp.take({c[0]}, {starts}, axis={d}), {d + 1}, -1)"
+
+
+register_op(aten.unfold, _unfold, shape_comment=True)
 register_op(aten.stack, lambda c: f"jnp.stack({c.r(list(c.arg(0)))}, axis={c.ra(1, 'dim', 0)})")
 
 
@@ -298,6 +314,17 @@ def _vector_norm(c: OpCall) -> str:
 
 
 register_op(aten.linalg_vector_norm, _vector_norm)
+
+
+def _norm(c: OpCall) -> str:
+    # linalg_norm(x, ord=None, dim=None, keepdim=False): numpy's norm, as jnp.linalg.norm
+    dims = c.arg(2, "dim")
+    axis = "None" if dims is None else c.r(tuple(dims))
+    keep = c.arg(3, "keepdim", False)
+    return f"jnp.linalg.norm({c[0]}, ord={c.ra(1, 'ord')}, axis={axis}, keepdims={keep})"
+
+
+register_op(aten.linalg_norm.default, _norm)
 for _op in [aten.matmul, aten.bmm, aten.mm]:
     register_op(_op, lambda c: f"{c[0]} @ {c[1]}")
 register_op(aten.einsum, lambda c: f"jnp.einsum({c[0]}, {', '.join(c.r(t) for t in c.arg(1))})")
@@ -346,4 +373,9 @@ register_op(
     lambda c: f"jnp.linspace({c[0]}, {c[1]}, {c[2]}, {_dtype_kw(c)})",
 )
 register_op(aten.fill_.Scalar, lambda c: f"jnp.full_like({c[0]}, {c[1]})", inplace=True)
+register_op(
+    aten.fill_.Tensor,
+    lambda c: f"jnp.broadcast_to({c[1]}.astype({c[0]}.dtype), {c[0]}.shape)",
+    inplace=True,
+)
 register_op(aten.zero_, lambda c: f"jnp.zeros_like({c[0]})", inplace=True)

@@ -105,6 +105,7 @@ for _op, _sym in [
 for _op, _sym in [(aten.add_, "+"), (aten.sub_, "-"), (aten.mul_, "*"), (aten.div_.Tensor, "/")]:
     register_op(_op, _binary(_sym), inplace=True)
 register_op(aten.div_.Scalar, _binary("/"), inplace=True)
+register_op(aten.floor_divide_.Tensor, _binary("//"), inplace=True)
 register_op(aten.rsub.Scalar, lambda c: f"{c.r(c.arg(1))} - {c[0]}")
 register_op(aten.rsub.Tensor, lambda c: f"{c[1]} - {c[0]}")
 
