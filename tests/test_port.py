@@ -538,3 +538,22 @@ def test_census_ops_have_forward_and_gradient_parity(model):
     r32, r64 = ported.check(np.float32), ported.check(np.float64)
     assert r32.ok and r64.ok, f"{ported.source}\n{r32}\n{r64}"
     assert [d.path for d in r64.grads] == ["x0"]
+
+
+def test_values_only_runtime_checks_read_get_no_statement():
+    class Checked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            # _is_all_true -> item -> sym_ite -> _assert_scalar in the graph, read by nothing else
+            torch._check_tensor_all(x.abs() >= 0)
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    ported = port(Checked(), (torch.randn(2, 3),))
+    body = ported.source.split("def __call__", 1)[1]
+    assert "jnp.all" not in body and "abs" not in body, ported.source
+    assert unused_names(ported.source) == []
+    assert ported.check(np.float64).ok

@@ -31,7 +31,7 @@ import funcmod.port.ops_tensor  # noqa: F401  (the four register the emitters)
 from funcmod.port.capture import Call, Captured, source_line
 from funcmod.port.declare import ClassDef, State, attr_expr, declarations
 from funcmod.port.dtypes import dtype_writer, node_writer, source_of
-from funcmod.port.ops import DROP, OpCall, Same, Var, lookup_op, render
+from funcmod.port.ops import CHECKS, DROP, OpCall, Same, Var, lookup_op, render
 from funcmod.port.params import TensorRef, constant_source, resolve
 
 __all__ = ["HEADER", "CodegenError", "generate"]
@@ -238,6 +238,7 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
             return type(a)(arg(x) for x in a)
         return a
 
+    dead = _dead_nodes(call)
     for item in call.items:
         if isinstance(item, Call):
             needs_train |= _emit_child(st, call, item, order, env, namer, lines, arg, source)
@@ -246,8 +247,8 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         entry = lookup_op(node.target)
         if entry is None:
             continue  # listed by find_unsupported
-        if not node.users and not entry.inplace:
-            continue  # a value nothing reads (the indices of a max): no statement
+        if node in dead:
+            continue  # a value nothing reads (the indices of a max) or only checks: no statement
         reading[0] = node
         c = OpCall(
             node,
@@ -303,6 +304,24 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
     st.classes.append(cls)
     st.by_text[key] = cls
     return cls
+
+
+def _dead_nodes(call: Call) -> set[torch.fx.Node]:
+    """The call's own nodes whose value nothing reads but runtime checks (``CHECKS``, dropped):
+    they get no statement. In-place ops stay (later reads see their result)."""
+    dead: set[torch.fx.Node] = set()
+    for node in reversed([n for n in call.items if not isinstance(n, Call)]):
+        entry = lookup_op(node.target)
+        if entry is None or entry.inplace:
+            continue
+        if all(u in dead or _is_check(u) for u in node.users):
+            dead.add(node)
+    return dead
+
+
+def _is_check(node: torch.fx.Node) -> bool:
+    t = node.target
+    return t in CHECKS or getattr(t, "overloadpacket", None) in CHECKS
 
 
 def _qualname(m: nn.Module) -> str:

@@ -30,6 +30,7 @@ import torch
 import torch.fx
 
 __all__ = [
+    "CHECKS",
     "DROP",
     "OPS",
     "VALUES_ONLY",
@@ -82,6 +83,9 @@ OPS: dict[Any, OpEntry] = {}
 # Ops that return ``(values, indices)`` in torch and whose emitter writes the values alone: the
 # graph's ``getitem(node, 0)`` is the node itself, and reading the indices is refused.
 VALUES_ONLY: set[Any] = set()
+
+# Runtime checks (``_assert_scalar``, ...): no statement, and a value only they read is dead.
+CHECKS: set[Any] = set()
 
 
 def register_op(

@@ -16,7 +16,7 @@ import operator
 import torch
 import torch.fx
 
-from funcmod.port.ops import DROP, VALUES_ONLY, OpCall, Same, Var, register_op
+from funcmod.port.ops import CHECKS, DROP, VALUES_ONLY, OpCall, Same, Var, register_op
 
 __all__: list[str] = []  # registers emitters in funcmod.port.ops.OPS
 
@@ -217,6 +217,12 @@ for _op in [
     aten._assert_async,
 ]:
     register_op(_op, lambda c: DROP)
+    CHECKS.add(_op)
+# what only checks read (torch._check_tensor_all: _is_all_true -> item -> sym_ite -> assert) is
+# never written; where generated code reads them, they are what torch computes
+register_op(aten._is_all_true, lambda c: f"jnp.all({c[0]})")
+register_op(aten.item, lambda c: f"jnp.reshape({c[0]}, ())")
+register_op(torch.sym_ite, lambda c: f"({c[1]} if {c[0]} else {c[2]})")
 for _op in [aten.contiguous, aten.alias, aten.clone, aten.lift_fresh_copy]:
     register_op(_op, lambda c: Same(c.arg(0)))
 # detach stops the gradient in torch: so does the port
