@@ -137,6 +137,57 @@ def test_every_lowering_matches_torch(case, lowering, dtype):
     _check_against_torch(dtype, *shapes, plan=Plan(lowering, lowering, lowering))
 
 
+# The depthwise lowering's gradients are its own transposes (phase-split input gradient, one
+# variadic reduction for the kernel's): strides that do not divide the input, even kernels,
+# kernel dilation, padding wider than the kernel's reach, a kernel wider than the input,
+# channel multipliers; as (x_shape, k_shape, strides, pads, dilation, groups).
+DEPTHWISE_EDGES = {
+    "stride3_k5": ((2, 11, 10, 3), (5, 5, 1, 3), (3, 3), ((2, 2), (2, 2)), (1, 1), 3),
+    "even_kernel": ((1, 9, 11, 2), (4, 2, 1, 2), (2, 3), ((0, 3), (2, 0)), (1, 2), 2),
+    "wide_padding": ((2, 5, 6, 2), (3, 3, 1, 4), (2, 2), ((4, 1), (3, 3)), (1, 1), 2),
+    "kernel_over_input": ((2, 3, 3, 4), (5, 5, 1, 4), (1, 1), ((2, 2), (2, 2)), (1, 1), 4),
+    "dilated_strided_m3": ((1, 10, 9, 2), (3, 3, 1, 6), (2, 2), ((2, 1), (2, 2)), (2, 2), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(DEPTHWISE_EDGES))
+def test_depthwise_gradients_at_the_edges_match_torch(case, dtype):
+    plan = Plan("depthwise", "depthwise", "depthwise")
+    _check_against_torch(dtype, *DEPTHWISE_EDGES[case], plan=plan)
+
+
+@pytest.mark.slow
+def test_depthwise_forward_mode_vmap_and_second_order_match_lax():
+    """The depthwise gradients are ``linear_call``s: forward mode, vmap and the Hessian in both
+    operands (which differentiates their transposes again) equal lax's."""
+    _, k_shape, strides, pads, dilation, groups = DEPTHWISE_EDGES["dilated_strided_m3"]
+    x_shape = (1, 5, 6, 2)  # small: the Hessian has (x.size + k.size) ** 2 entries
+    plan = Plan("depthwise", "depthwise", "depthwise")
+
+    def loss(conv, x, k, **kw):
+        y = conv(x, k, strides, pads, rhs_dilation=dilation, dimension_numbers=NHWC,
+                 feature_group_count=groups, **kw)  # fmt: skip
+        return jnp.sum(jnp.sin(y))
+
+    f_lax = functools.partial(loss, lax.conv_general_dilated)
+    f_ours = functools.partial(loss, conv_general_dilated, plan=plan)
+    with jax.enable_x64(True):
+        x, k = (jnp.asarray(a) for a in _arrays(np.float64, x_shape, k_shape))
+        tol = rtol("parity", np.float64)
+
+        def per_image_grad(f):
+            return jax.grad(lambda xi, k: f(xi[None], k), argnums=(0, 1))
+
+        # each transformation jitted on both sides (op by op, the three took 25 s)
+        for transform in (
+            lambda f: jax.jit(lambda x, k: jax.jvp(f, (x, k), (x, k))),
+            lambda f: jax.jit(jax.vmap(per_image_grad(f), in_axes=(0, None))),
+            lambda f: jax.jit(jax.hessian(f, argnums=(0, 1))),
+        ):
+            assert_trees_close(transform(f_ours)(x, k), transform(f_lax)(x, k), rtol=tol)
+
+
 def test_valid_lowerings_and_bad_plans():
     spec, _ = conv_plan(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)), (1, 1), "SAME",
                         dimension_numbers=NHWC)  # fmt: skip

@@ -49,6 +49,7 @@ from funcmod.nn.conv_lowerings import (
     NHWC,
     ConvSpec,
     depthwise,
+    depthwise_input_tangent,
     direct,
     kernel_tangent_lax,
     lax_conv,
@@ -60,7 +61,7 @@ from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, Plan, check_plan, c
 __all__ = ["LOWERINGS", "MAX_DIRECT_TAPS", "Plan", "conv_general_dilated", "conv_plan"]
 
 _FORWARD = {"lax": lax_conv, "direct": direct, "depthwise": depthwise, "patches": patches}
-_INPUT_TANGENT = _FORWARD
+_INPUT_TANGENT = {**_FORWARD, "depthwise": depthwise_input_tangent}
 _KERNEL_TANGENT = {
     "lax": kernel_tangent_lax,
     "direct": direct,

@@ -11,6 +11,10 @@ and ``lax`` operations, linear in each operand, so JAX differentiates and transp
   broadcast multiply-add per tap, fused by XLA into one loop over the output (groups=1).
 * ``depthwise``: the sum over the kh * kw window positions of a shifted input times a kernel row
   over all channels at once (``C/groups == 1``: depthwise, channel multiplier allowed).
+* ``depthwise_input_tangent``: ``depthwise`` as a linear function of the input whose transpose
+  (the input gradient) is ``depthwise_input_grad``: per phase of the stride, the taps that reach
+  it summed over a shifted cotangent, then the phases interleaved. JAX's own transpose of
+  ``depthwise`` (one padded, strided scatter per tap) was up to 8x slower (``docs/pitfalls.md``).
 * ``patches``: im2col, the kh * kw shifted inputs concatenated along the channel axis into an
   (N * Ho * Wo, kh * kw * C) matrix, times the kernel as a (kh * kw * C, O) matrix: one matmul
   (groups=1).
@@ -33,6 +37,8 @@ __all__ = [
     "NHWC",
     "ConvSpec",
     "depthwise",
+    "depthwise_input_grad",
+    "depthwise_input_tangent",
     "direct",
     "kernel_tangent_lax",
     "lax_conv",
@@ -133,6 +139,77 @@ def depthwise(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
         term = tap * kernel[i, j, 0][None, None, None]  # (N, Ho, Wo, O) * (1, 1, 1, O)
         y = term if y is None else y + term
     return y
+
+
+def depthwise_input_grad(
+    ct: jax.Array, kernel: jax.Array, spec: ConvSpec, in_shape: tuple[int, ...]
+) -> jax.Array:
+    """The transpose of ``depthwise`` in its input: the input gradient (N, H, W, C) of an
+    output cotangent ``ct`` (N, Ho, Wo, O), ``in_shape`` the input's shape.
+
+    Input row ``q`` receives ``ct[h] * k[i]`` wherever ``h * s + i * d == q + pad``. Split the
+    rows by phase ``a = q mod s``: row ``a + s * m`` receives, from each tap ``i`` with
+    ``(a + pad - i * d) mod s == 0``, ``ct[m + (a + pad - i * d) // s] * k[i]``. So each phase
+    (one per pair of row and column phases) is a fused sum of shifted slices of the zero-padded
+    cotangent, computed at the phase's own resolution (the forward pass's work in total, no
+    multiplications by the zeros a strided scatter would add), and the phases interleave into
+    the rows and columns by one reshape. A channel multiplier m sums its m outputs per input
+    channel at the end."""
+    kh, kw, _, out = kernel.shape
+    n, height, width, channels = in_shape
+    plan = []  # per axis: stride, phase length, [(tap, offset) per phase], pad low, pad high
+    for axis, (k_size, size) in enumerate(((kh, height), (kw, width))):
+        s, d, pad = spec.strides[axis], spec.dilation[axis], spec.padding[axis][0]
+        length = -(-size // s)
+        phases = [
+            [(i, (a + pad - i * d) // s) for i in range(k_size) if (a + pad - i * d) % s == 0]
+            for a in range(s)
+        ]
+        offsets = [o for phase in phases for _, o in phase] or [0]
+        low = max(0, -min(offsets))
+        high = max(0, length - 1 + max(offsets) - (ct.shape[1 + axis] - 1))
+        plan.append((s, length, phases, low, high))
+    (sh, mh, rows, low_h, high_h), (sw, mw, cols, low_w, high_w) = plan
+    padded = jnp.pad(ct, ((0, 0), (low_h, high_h), (low_w, high_w), (0, 0)))
+    by_row = []
+    for row_taps in rows:
+        by_col = []
+        for col_taps in cols:
+            y = jnp.zeros((n, mh, mw, out), ct.dtype)
+            for i, oi in row_taps:
+                for j, oj in col_taps:
+                    start = (0, oi + low_h, oj + low_w, 0)
+                    tap = lax.slice(padded, start, (n, start[1] + mh, start[2] + mw, out))
+                    y = y + tap * kernel[i, j, 0][None, None, None]
+            by_col.append(y)
+        by_row.append(jnp.stack(by_col, axis=3))  # (N, Mh, Mw, sw, O)
+    phased = jnp.stack(by_row, axis=2)  # (N, Mh, sh, Mw, sw, O)
+    dx = phased.reshape(n, mh * sh, mw * sw, out)[:, :height, :width]
+    if out != channels:  # output channel o reads input channel o // m
+        dx = dx.reshape(n, height, width, channels, out // channels).sum(axis=-1)
+    return dx
+
+
+def depthwise_input_tangent(dx: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
+    """``depthwise(dx, kernel)``, computed as the transpose of ``depthwise_input_grad``, so that
+    its own transpose, the input gradient in reverse mode, is ``depthwise_input_grad``'s
+    phase-split sum and not JAX's transpose of ``depthwise`` (one strided scatter per tap).
+
+    Every step is an ordinary linear ``lax`` operation (pad, slice, multiply by a kernel entry,
+    stack, reshape, sum), so forward mode, ``vmap`` and higher derivatives, in the kernel too,
+    work as for any JAX function; ``jax.custom_derivatives.linear_call`` would have given the
+    same transpose without the double transposition, but has no batching rule and no
+    derivative in its non-linear operand (the kernel here)."""
+    kh, kw, _, out = kernel.shape
+    n, height, width, _ = dx.shape
+    ho = output_size(height, kh, spec.strides[0], spec.dilation[0], spec.padding[0])
+    wo = output_size(width, kw, spec.strides[1], spec.dilation[1], spec.padding[1])
+    cotangent = jax.ShapeDtypeStruct((n, ho, wo, out), dx.dtype)
+    in_shape = tuple(dx.shape)
+    transpose = jax.linear_transpose(
+        lambda ct: depthwise_input_grad(ct, kernel, spec, in_shape), cotangent
+    )
+    return transpose(dx)[0]
 
 
 def patches(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
