@@ -10,7 +10,8 @@ interleaved in rounds like ``funcmod bench``:
 * each pass alone with each lowering valid for the shape (``conv_rule.valid_lowerings``):
   ``fwd`` (the convolution), ``dx`` (the input gradient alone: a VJP with a fixed cotangent,
   the forward pass dead-code eliminated) and ``dk`` (the kernel gradient alone);
-* forward + backward (both gradients) with the rule's plan, with lax for every pass, and in
+* forward + backward (the output and both gradients of a given cotangent, ``jax.vjp``: what
+  torch computes) with the rule's plan, with lax for every pass, and in
   torch eager (``conv2d`` then ``backward``, at each of ``torch_threads``, the fastest kept).
 
 Each lowering's forward + backward is reported as the sum of its three passes; the rule's
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 PASSES = ("fwd", "dx", "dk")
-ARG_NAMES = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers")
 # A lowering within this relative margin of the fastest counts as tied with it.
 NOISE = 0.10
 # Direct sums with more taps than this are not timed (their unrolled loop compiles slowly).
@@ -158,31 +158,39 @@ def _jax_runs(
     p = row.kernel // 2
     args = ((row.stride, row.stride), ((p, p), (p, p)), None, None, ("NHWC", "HWIO", "NHWC"))
 
-    def loss(plan: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def conv(plan: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        return lambda x, k: conv_general_dilated(x, k, *args, row.groups, plan=plan)
+
+    def loss(plan: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
         # <conv(x, k), ct>: its gradients are the VJPs of the convolution with cotangent ct
-        return lambda x, k: jnp.vdot(conv_general_dilated(x, k, *args, row.groups, plan=plan), ct)
+        return lambda x, k, ct: jnp.vdot(conv(plan)(x, k), ct)
+
+    def forward_and_backward(plan: Any) -> Callable[..., Any]:
+        # what torch's conv2d + backward(ct) computes: y, and both VJPs of ct. Not
+        # value_and_grad of <y, ct>: XLA fuses the convolution into that scalar reduction,
+        # which made the depthwise rows 2x slower than y and the VJPs computed apart.
+        def run(x: jax.Array, k: jax.Array, ct: jax.Array) -> Any:
+            y, vjp = jax.vjp(conv(plan), x, k)
+            return y, *vjp(ct)
+
+        return run
 
     spec, rule = conv_plan(x, k, *args, row.groups)
     valid = valid_lowerings(x.shape, k.shape, spec)
     taps = row.kernel * row.kernel * (row.c_in // row.groups)
     if taps > MAX_TIMED_DIRECT_TAPS:
         valid = tuple(name for name in valid if name != "direct")
-    jitted: dict[str, Callable[[jax.Array, jax.Array], Any]] = {}
+    # Every array is an argument of the jitted function: one closed over is a constant, and
+    # XLA folds what depends on constants alone (a padded cotangent) into the program.
+    jitted: dict[str, Callable[..., Any]] = {}
     for name in valid:
-        jitted[f"{name}:fwd"] = jax.jit(
-            functools.partial(
-                conv_general_dilated,
-                **dict(zip(ARG_NAMES, args, strict=True)),
-                feature_group_count=row.groups,
-                plan=Plan(name, "lax", "lax"),
-            )
-        )
+        plain = conv(Plan(name, "lax", "lax"))
+        jitted[f"{name}:fwd"] = jax.jit(lambda x, k, ct, plain=plain: plain(x, k))
         jitted[f"{name}:dx"] = jax.jit(jax.grad(loss(Plan("lax", name, "lax"))))
         jitted[f"{name}:dk"] = jax.jit(jax.grad(loss(Plan("lax", "lax", name)), argnums=1))
     for label, plan in (("rule", rule), ("lax", Plan("lax", "lax", "lax"))):
-        # value_and_grad: the forward pass is live (a gradient of <y, ct> alone does not need y)
-        jitted[f"{label}:fwd+bwd"] = jax.jit(jax.value_and_grad(loss(plan), argnums=(0, 1)))
-    fns = {name: functools.partial(fn, x, k) for name, fn in jitted.items()}
+        jitted[f"{label}:fwd+bwd"] = jax.jit(forward_and_backward(plan))
+    fns = {name: functools.partial(fn, x, k, ct) for name, fn in jitted.items()}
 
     def runner(fn: Callable[[], Any]) -> Callable[[int], None]:
         def run(n: int) -> None:
@@ -192,7 +200,7 @@ def _jax_runs(
 
         return run
 
-    cost = jitted["rule:fwd+bwd"].lower(x, k).compile().cost_analysis()
+    cost = jitted["rule:fwd+bwd"].lower(x, k, ct).compile().cost_analysis()
     xla = {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
     return {name: runner(fn) for name, fn in fns.items()}, rule, xla
 
