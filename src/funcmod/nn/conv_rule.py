@@ -5,9 +5,10 @@ The rule (``choose_plan``), for an input (N, H, W, C), a kernel (kh, kw, C/group
 output (N, Ho, Wo, O), with S = Ho * Wo the output's spatial size and K = kh * kw * C the
 contraction size (the patches matrix's width); the first that applies:
 
-1. ``depthwise`` (C/groups == 1, groups == C): the depthwise sum in all three passes. XLA:CPU
-   runs a grouped convolution through a generic loop, 5-40x slower than this fused sum in
-   every depthwise row measured.
+1. ``depthwise`` (C/groups == 1, groups == C): the depthwise sum in all three passes (the
+   input gradient as ``conv_lowerings.depthwise_input_grad``'s phase-split sum). XLA:CPU runs a
+   grouped convolution through a generic loop, 5-40x slower than this fused sum in every
+   depthwise row measured.
 2. ``grouped`` (any other groups > 1): lax in all three passes (no other lowering computes it).
 3. ``pointwise`` (a 1x1 kernel): patches in all three passes: the convolution is one matmul
    (of strided rows when strided), 3-80x faster than lax's convolution in the 1x1 rows.
