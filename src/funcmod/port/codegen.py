@@ -199,7 +199,7 @@ def _emit_class(st: State, call: Call, ins: list, outs: Any, root: bool = False)
         none (Llama's rotary embedding reads only its caller's x.dtype), ``like``, a tensor
         its caller passes."""
         found = source_of(node, env, st.capture_float)
-        if found is None and not root:
+        if found is None and not root and st.float_state:
             like[:] = like or [namer.fresh("like", node=False)]
             found = like[0]
         return found
@@ -485,6 +485,8 @@ def generate(cap: Captured) -> tuple[str, str]:
     params = [p for p in cap.model.parameters() if p.is_floating_point()]
     capture_float = params[0].dtype if params else torch.float32
     st = State(cap, dtype_writer(capture_float), capture_float=capture_float)
+    # without float state the model has no dtype of its own: JAX's default float is its dtype
+    st.float_state = bool(params) or any(b.is_floating_point() for b in cap.model.buffers())
     _resolve_all(st)
     placeholders = {n.name: n for n in cap.program.graph.nodes if n.op == "placeholder"}
     ins = [placeholders[name] for name in cap.user_inputs]

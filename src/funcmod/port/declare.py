@@ -39,6 +39,7 @@ class State:
     by_text: dict[tuple[str, str], ClassDef] = field(default_factory=dict)
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     imports: set[str] = field(default_factory=set)  # modules of registered twins
+    float_state: bool = True  # the model has float parameters or buffers (codegen)
 
 
 def attr_expr(model: nn.Module, base: str, path: str) -> str:
