@@ -557,3 +557,23 @@ def test_values_only_runtime_checks_read_get_no_statement():
     assert "jnp.all" not in body and "abs" not in body, ported.source
     assert unused_names(ported.source) == []
     assert ported.check(np.float64).ok
+
+
+class _Patches(nn.Module):
+    """F.unfold (im2col: kernel 2x3, padding, stride, dilation) and scatter_reduce."""
+
+    def forward(self, x):  # x (N, 2, 5, 6)
+        cols = nn.functional.unfold(x, (2, 3), dilation=(2, 1), padding=1, stride=(1, 2))
+        flat = x.flatten(2)  # (N, 2, 30)
+        idx = torch.argsort(flat[:, :, :8], dim=2) % 4  # (N, 2, 8): several sources per slot
+        s = flat.scatter_reduce(2, idx, flat[:, :, 8:16] * 3, "sum")
+        m = flat.scatter_reduce(2, idx, flat[:, :, 8:16] * 3, "amax")
+        return torch.cat([cols.flatten(1), s.flatten(1), m.flatten(1)], dim=1)
+
+
+def test_im2col_and_scatter_reduce_have_forward_and_gradient_parity():
+    torch.manual_seed(0)
+    ported = port(_Patches(), (torch.randn(2, 2, 5, 6),))
+    assert "conv_general_dilated_patches" in ported.source and ".at[" in ported.source
+    r32, r64 = ported.check(np.float32), ported.check(np.float64)
+    assert r32.ok and r64.ok, f"{ported.source}\n{r32}\n{r64}"

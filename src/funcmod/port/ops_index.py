@@ -1,7 +1,7 @@
 """Emitters for sorting, selection and scattered writes (registered on import): ``topk``,
 ``sort``, ``argsort``, ``diff``, ``histc``, ``bucketize``, ``meshgrid``, ``scatter``,
-``index_put``, ``index_add`` and ``copy_``: the ops next in line, by how many architectures
-use them, in a census of the export graphs of a model library's base models.
+``scatter_reduce``, ``index_put``, ``index_add`` and ``copy_``: the ops next in line, by how
+many architectures use them, in a census of the export graphs of a model library's base models.
 
 Conventions: an op that returns ``(values, indices)`` in torch is written as that tuple (the
 graph's ``getitem`` picks one); sorting is stable where torch's result depends on it (indices of
@@ -99,14 +99,21 @@ register_op(
 register_op(aten.meshgrid.default, lambda c: f"jnp.meshgrid(*{c.r(list(c.arg(0)))}, indexing='ij')")
 
 
+def _scatter_where(c: OpCall) -> str:
+    """The index tuple of ``scatter(x, dim, index, ...)``: index on ``dim``, the positions of
+    index's own shape on every other axis."""
+    d, i = _dim(c, 1, "dim"), c[2]
+    grid = f"jnp.indices({i}.shape, sparse=True)"
+    return f"tuple({i} if a == {d} else g for a, g in enumerate({grid}))"
+
+
 def _scatter(c: OpCall) -> str:
     # (x, dim, index, value | src): x[..., index[i, j, ...] (on axis dim), ...] = value; the
     # other axes run over index's shape (torch's index may be smaller than x there)
     if c.kwargs.get("reduce") is not None or len(c.args) > 4:
         raise NotImplementedError("scatter with reduce= is not ported")
-    d, i = _dim(c, 1, "dim"), c[2]
-    grid = f"jnp.indices({i}.shape, sparse=True)"
-    where = f"tuple({i} if a == {d} else g for a, g in enumerate({grid}))"
+    i = c[2]
+    where = _scatter_where(c)
     src = c.node.target in (aten.scatter.src, aten.scatter_.src)
     value = c.ra(3, "src" if src else "value")
     if src:  # the block of index's shape, in x's dtype
@@ -152,6 +159,25 @@ def _index_add(c: OpCall) -> str:
 
 
 register_op(aten.index_add, _index_add)
+
+_REDUCE = {"sum": "add", "prod": "multiply", "amax": "max", "amin": "min"}
+
+
+def _scatter_reduce(c: OpCall) -> str:
+    # (x, dim, index, src, reduce, *, include_self=True): x's element combined with every src
+    # element the index sends there
+    reduce, include_self = c.arg(4, "reduce"), c.kwargs.get("include_self", True)
+    if reduce not in _REDUCE or not include_self:
+        raise NotImplementedError(
+            f"scatter_reduce with reduce={reduce!r}, include_self={include_self} is not ported "
+            f"(ported: {', '.join(_REDUCE)} with include_self=True)"
+        )
+    i = c[2]
+    src = f"{c[3]}[tuple(slice(0, s) for s in {i}.shape)]"
+    return f"{c[0]}.at[{_scatter_where(c)}].{_REDUCE[reduce]}({src})"
+
+
+register_op(aten.scatter_reduce.two, _scatter_reduce)
 
 
 def _bucketize(c: OpCall) -> str:

@@ -285,6 +285,19 @@ register_op(
 register_op(
     aten.constant_pad_nd, lambda c: f"F.pad({c[0]}, {c[1]}, 'constant', {_opt(c, 2, 'value', 0.0)})"
 )
+
+
+def _im2col(c: OpCall) -> str:
+    # F.unfold: (N, C, H, W) -> (N, C * kh * kw, L), features channel-major as torch's
+    k, dil, pad, stride = (tuple(c.arg(i)) for i in range(1, 5))
+    patches = (
+        f"jax.lax.conv_general_dilated_patches({c[0]}, {k}, {stride}, "
+        f"{[(p, p) for p in pad]}, rhs_dilation={dil})"
+    )
+    return f"jnp.reshape({patches}, ({c[0]}.shape[0], {c.shape[1]}, -1))"
+
+
+register_op(aten.im2col, _im2col, shape_comment=True)
 register_op(aten.pixel_shuffle, lambda c: f"F.pixel_shuffle({c[0]}, {c[1]})")
 
 
