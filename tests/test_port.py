@@ -577,3 +577,20 @@ def test_im2col_and_scatter_reduce_have_forward_and_gradient_parity():
     assert "conv_general_dilated_patches" in ported.source and ".at[" in ported.source
     r32, r64 = ported.check(np.float32), ported.check(np.float64)
     assert r32.ok and r64.ok, f"{ported.source}\n{r32}\n{r64}"
+
+
+def test_a_model_without_float_state_computes_in_jax_default_float():
+    class Inner(nn.Module):
+        def forward(self, i):
+            return i.float() * 2
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, i):
+            return self.inner(i) + 1
+
+    ported = port(Outer(), (torch.arange(6).reshape(2, 3),))
+    assert "i.astype(float)" in ported.source and "like" not in ported.source, ported.source
