@@ -104,6 +104,28 @@ def test_every_branch_of_the_rule_has_a_shape():
     assert set(BRANCH_SHAPES) == set(RULE_BRANCHES)
 
 
+@pytest.mark.parametrize(
+    ("batch", "size", "branch"),
+    [
+        (32, 64, "large_image_small_batch"),
+        (32, 224, "large_image"),
+        (2, 224, "large_image_small_batch"),
+    ],
+)
+def test_an_rgb_stem_takes_patches_for_its_kernel_gradient_while_the_matrix_is_small(
+    batch, size, branch
+):
+    """ResNet-18's 7x7 stride-2 stem: patches for the kernel gradient at batch 32 and 64x64
+    (a 4.8M-element patches matrix), lax at 224x224 (59M elements); a 64-channel layer at the
+    same batch (3x3) keeps lax (``large_image``)."""
+    from funcmod.nn.conv_lowerings import ConvSpec
+    from funcmod.nn.conv_rule import rule_branch
+
+    spec = ConvSpec((2, 2), ((3, 3), (3, 3)), (1, 1), 1)
+    assert rule_branch((batch, size, size, 3), (7, 7, 3, 64), spec) == branch
+    assert rule_branch((32, size, size, 64), (3, 3, 64, 64), spec) == "large_image"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("branch", sorted(BRANCH_SHAPES))
 def test_each_branch_of_the_rule_matches_torch(branch, dtype):

@@ -24,7 +24,11 @@ contraction size (the patches matrix's width); the first that applies:
    input gradient; ``large_image`` lax forward and for the input gradient. The kernel gradient
    of both is patches for a small batch (N <= ``KERNEL_PATCHES_MAX_BATCH``, the
    ``_small_batch`` branches: 1.3-2.2x faster than lax on ResNet-18's 3x3 and 7x7 layers at
-   224x224, batch 2) and lax for a larger one (1.2-1.3x faster at batch 32 on 8x8 and 16x16).
+   224x224, batch 2) and lax for a larger one (1.2-1.3x faster at batch 32 on 8x8 and 16x16),
+   except for an image stem (C <= ``STEM_MAX_CHANNELS`` input channels) whose patches matrix
+   has at most ``STEM_PATCHES_MAX_ELEMENTS`` elements: its kernel gradient takes patches at any
+   batch (ResNet-18's 7x7 stride-2 RGB stem at 64x64, batch 32: lax 154 ms, patches 89 ms,
+   busy machine; 675 against 292 ms in an earlier run).
 
 Why these variables: XLA:CPU's convolution kernel parallelises and vectorises over the image,
 so its cost per output falls as the image grows, and it has a high fixed cost per call for
@@ -57,6 +61,8 @@ __all__ = [
     "PATCHES_MAX_SPATIAL",
     "PATCHES_MIN_CONTRACTION",
     "RULE_BRANCHES",
+    "STEM_MAX_CHANNELS",
+    "STEM_PATCHES_MAX_ELEMENTS",
     "Plan",
     "check_plan",
     "choose_plan",
@@ -76,6 +82,12 @@ PATCHES_MAX_SPATIAL = 64
 KERNEL_PATCHES_MAX_SPATIAL = 16
 # The largest batch whose kernel gradient uses patches at any output size.
 KERNEL_PATCHES_MAX_BATCH = 4
+# An image stem: at most this many input channels (RGB, RGBA, grey) ...
+STEM_MAX_CHANNELS = 4
+# ... takes patches for its kernel gradient at any batch while the patches matrix
+# (N * Ho * Wo, kh * kw * C) has at most this many elements (64 MB in float32; ResNet-18's stem
+# at 64x64, batch 32: 4.8M elements; at 224x224, batch 32: 59M, and lax).
+STEM_PATCHES_MAX_ELEMENTS = 2**24
 # The smallest contraction kh * kw * C that uses patches in every pass at any image size.
 PATCHES_MIN_CONTRACTION = 2304
 
@@ -149,7 +161,10 @@ def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
     if spatial <= KERNEL_PATCHES_MAX_SPATIAL:
         return "small_image"
     image = "medium_image" if spatial <= PATCHES_MAX_SPATIAL else "large_image"
-    return f"{image}_small_batch" if lhs_shape[0] <= KERNEL_PATCHES_MAX_BATCH else image
+    rows = lhs_shape[0] * spatial
+    stem = c_group <= STEM_MAX_CHANNELS and rows * contraction <= STEM_PATCHES_MAX_ELEMENTS
+    small = lhs_shape[0] <= KERNEL_PATCHES_MAX_BATCH or stem
+    return f"{image}_small_batch" if small else image
 
 
 def choose_plan(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> Plan:
