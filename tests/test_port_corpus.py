@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from pathlib import Path
 
 import jax
@@ -56,10 +57,12 @@ def mark_pending(request, *key: str) -> None:
 
 
 @functools.cache
-def ported(name: str):
-    """The corpus model as people build it (float32, default dropout), ported once per run."""
+def ported(name: str, dropout: float | None = None):
+    """The corpus model as people build it (float32, default dropout; ``dropout`` overrides
+    the rate), ported once per process and key. Tests only read it: ``check`` works on a copy
+    of its torch model, and a Linen module is immutable."""
     entry = get_model(name)
-    return port(entry.build(), entry.example_inputs())
+    return port(entry.build(dropout=dropout), entry.example_inputs())
 
 
 def beyond_tolerance(leaves: list[tuple[str, float, float]], rtol: float) -> list[str]:
@@ -123,10 +126,10 @@ def test_adamw_steps_in_step_with_torch(name, request):
     floor too."""
     mark_pending(request, "train", name)
     entry = get_model(name)
-    model = entry.build(**({"dropout": 0.0} if entry.dropout else {}))
-    ported_model = port(model, entry.example_inputs())
-    module = ported_model.module
-    model = model.double().train()
+    dropout = 0.0 if entry.dropout else None
+    # the port's module (shared, read only), a fresh torch model with the same seeded weights
+    module = ported(name, dropout).module
+    model = entry.build(dropout=dropout).double().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     noise = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
@@ -135,7 +138,7 @@ def test_adamw_steps_in_step_with_torch(name, request):
         params = variables["params"]
         state = {k: v for k, v in variables.items() if k != "params"}
         tx = from_torch(opt, model)
-        opt_state = tx.init(params)
+        opt_state = jax.jit(tx.init)(params)  # one compile, not one eager op per leaf
         kwargs = _train_kwargs(module)
         mutable = ["batch_stats"] if "batch_stats" in state else False
 
@@ -201,6 +204,16 @@ def trajectory_misses(got: dict, want: dict, noise: dict, rtol: float) -> list[s
     return bad
 
 
+def first_difference(got: str, want: str) -> str | None:
+    """Where two texts first differ, as ``line N: got against want``; None where they are equal.
+    (Asserting the whole texts equal would have pytest diff thousands of lines.)"""
+    pairs = itertools.zip_longest(got.splitlines(), want.splitlines())
+    for i, (g, w) in enumerate(pairs, 1):
+        if g != w:
+            return f"line {i}: {g!r} against {w!r}"
+    return None
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_saved_source_reimports_with_the_same_numbers(name, tmp_path, request):
     mark_pending(request, "saved", name)
@@ -211,9 +224,16 @@ def test_saved_source_reimports_with_the_same_numbers(name, tmp_path, request):
     assert type(module).__name__ == p.class_name and type(module) is not type(p.module)
     args = _numpy_args(p.args)
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(p.variables)
-    # jitted: op-by-op eager dispatch of a whole model costs 10-20 s here, one compile ~2 s
-    want = np.asarray(jax.jit(p.module.apply)(p.variables, *args))
-    got = np.asarray(jax.jit(module.apply)(variables, *args))
+    # The re-imported module traces to the very program the original does, so one compile
+    # serves both: that program on the loaded variables gives bitwise the original's output.
+    # (Jitted: op-by-op eager dispatch of a whole model costs 10-20 s here, a compile 1-5 s.)
+    lowered = jax.jit(p.module.apply).lower(p.variables, *args)
+    reloaded = jax.jit(module.apply).lower(variables, *args)
+    diff = first_difference(reloaded.as_text(), lowered.as_text())
+    assert diff is None, f"the re-imported module traces to another program: StableHLO {diff}"
+    apply = lowered.compile()
+    want = np.asarray(apply(p.variables, *args))
+    got = np.asarray(apply(variables, *args))
     assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
@@ -252,3 +272,9 @@ def test_the_trajectory_rule_bites():
     tiny = {"w": np.array([1.0, 2.0]), "m": np.array([1e-13, -1e-13])}
     assert trajectory_misses({**tiny, "m": np.array([5e-11, 0.0])}, tiny, {}, 1e-10) == []
     assert len(trajectory_misses({**tiny, "m": np.array([5e-10, 0.0])}, tiny, {}, 1e-10)) == 1
+
+
+def test_first_difference_names_the_line():
+    assert first_difference("a\nb", "a\nb") is None
+    assert first_difference("a\nb", "a\nc") == "line 2: 'b' against 'c'"
+    assert first_difference("a", "a\nb") == "line 2: None against 'b'"
