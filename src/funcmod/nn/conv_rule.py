@@ -14,7 +14,7 @@ contraction size (the patches matrix's width); the first that applies:
    (of strided rows when strided), 3-80x faster than lax's convolution in the 1x1 rows.
 4. ``few_taps`` (K <= ``MAX_DIRECT_TAPS``, e.g. an RGB stem): the forward pass ``direct``, the
    input gradient patches, the kernel gradient patches (the patches matrix is at most 32 wide)
-   unless it has more than ``FEW_TAPS_KERNEL_PATCHES_MAX_ROWS`` rows N * S, then lax
+   unless it has more than ``KERNEL_PATCHES_MAX_ELEMENTS`` elements N * S * K, then lax
    (``few_taps_large_batch``: writing a matrix of hundreds of MB costs more than lax's
    reduction).
 5. ``many_channels`` (K >= ``PATCHES_MIN_CONTRACTION``, 256 channels at 3x3): patches in all
@@ -26,9 +26,12 @@ contraction size (the patches matrix's width); the first that applies:
    ``_small_batch`` branches: 1.3-2.2x faster than lax on ResNet-18's 3x3 and 7x7 layers at
    224x224, batch 2) and lax for a larger one (1.2-1.3x faster at batch 32 on 8x8 and 16x16),
    except for an image stem (C <= ``STEM_MAX_CHANNELS`` input channels) whose patches matrix
-   has at most ``STEM_PATCHES_MAX_ELEMENTS`` elements: its kernel gradient takes patches at any
+   has at most ``KERNEL_PATCHES_MAX_ELEMENTS`` elements: its kernel gradient takes patches at any
    batch (ResNet-18's 7x7 stride-2 RGB stem at 64x64, batch 32: lax 154 ms, patches 89 ms,
-   busy machine; 675 against 292 ms in an earlier run).
+   busy machine; 675 against 292 ms in an earlier run). A strided large image with a small
+   batch (``large_image_strided_small_batch``) also takes patches for its input gradient: lax's
+   strided input gradient was 1.17-1.68x slower in all three such rows of ResNet-18 at
+   224x224, batch 2 (the stem, layer2 and layer3's stride-2 3x3 convolutions; quiet machine).
 
 Why these variables: XLA:CPU's convolution kernel parallelises and vectorises over the image,
 so its cost per output falls as the image grows, and it has a high fixed cost per call for
@@ -53,8 +56,8 @@ from typing import NamedTuple
 from funcmod.nn.conv_lowerings import ConvSpec, output_size
 
 __all__ = [
-    "FEW_TAPS_KERNEL_PATCHES_MAX_ROWS",
     "KERNEL_PATCHES_MAX_BATCH",
+    "KERNEL_PATCHES_MAX_ELEMENTS",
     "KERNEL_PATCHES_MAX_SPATIAL",
     "LOWERINGS",
     "MAX_DIRECT_TAPS",
@@ -62,7 +65,6 @@ __all__ = [
     "PATCHES_MIN_CONTRACTION",
     "RULE_BRANCHES",
     "STEM_MAX_CHANNELS",
-    "STEM_PATCHES_MAX_ELEMENTS",
     "Plan",
     "check_plan",
     "choose_plan",
@@ -74,8 +76,10 @@ LOWERINGS = ("lax", "direct", "depthwise", "patches")
 # The most taps (kh * kw * C) the forward pass sums directly: one broadcast multiply-add per tap
 # and output element, unrolled into one fused loop, so its cost and compile time grow with them.
 MAX_DIRECT_TAPS = 32
-# The most rows N * Ho * Wo of a few-tap kernel gradient computed as patches.
-FEW_TAPS_KERNEL_PATCHES_MAX_ROWS = 2**16
+# The most elements N * Ho * Wo * kh * kw * C of the patches matrix of a few-tap or stem kernel
+# gradient computed as patches (64 MB in float32). SimpleCNN's 3x3 RGB convolution, batch 256:
+# at 32x32 (7.1M elements) patches 46 ms, lax 93-117 ms; at 64x64 (28M) lax 2.3x faster.
+KERNEL_PATCHES_MAX_ELEMENTS = 2**24
 # The largest output spatial size Ho * Wo whose forward pass and input gradient use patches.
 PATCHES_MAX_SPATIAL = 64
 # The largest output spatial size Ho * Wo whose kernel gradient uses patches.
@@ -84,10 +88,7 @@ KERNEL_PATCHES_MAX_SPATIAL = 16
 KERNEL_PATCHES_MAX_BATCH = 4
 # An image stem: at most this many input channels (RGB, RGBA, grey) ...
 STEM_MAX_CHANNELS = 4
-# ... takes patches for its kernel gradient at any batch while the patches matrix
-# (N * Ho * Wo, kh * kw * C) has at most this many elements (64 MB in float32; ResNet-18's stem
-# at 64x64, batch 32: 4.8M elements; at 224x224, batch 32: 59M, and lax).
-STEM_PATCHES_MAX_ELEMENTS = 2**24
+# ... takes patches for its kernel gradient at any batch up to KERNEL_PATCHES_MAX_ELEMENTS.
 # The smallest contraction kh * kw * C that uses patches in every pass at any image size.
 PATCHES_MIN_CONTRACTION = 2304
 
@@ -115,6 +116,7 @@ RULE_BRANCHES: dict[str, Plan] = {
     "medium_image_small_batch": _PATCHES,
     "medium_image": Plan("patches", "patches", "lax"),
     "large_image_small_batch": Plan("lax", "lax", "patches"),
+    "large_image_strided_small_batch": Plan("lax", "patches", "patches"),
     "large_image": _LAX,
 }
 
@@ -155,15 +157,18 @@ def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
     spatial, contraction = ho * wo, kh * kw * c_group
     if contraction <= MAX_DIRECT_TAPS:
         rows = lhs_shape[0] * spatial
-        return "few_taps" if rows <= FEW_TAPS_KERNEL_PATCHES_MAX_ROWS else "few_taps_large_batch"
+        small = rows * contraction <= KERNEL_PATCHES_MAX_ELEMENTS
+        return "few_taps" if small else "few_taps_large_batch"
     if contraction >= PATCHES_MIN_CONTRACTION:
         return "many_channels"
     if spatial <= KERNEL_PATCHES_MAX_SPATIAL:
         return "small_image"
     image = "medium_image" if spatial <= PATCHES_MAX_SPATIAL else "large_image"
     rows = lhs_shape[0] * spatial
-    stem = c_group <= STEM_MAX_CHANNELS and rows * contraction <= STEM_PATCHES_MAX_ELEMENTS
+    stem = c_group <= STEM_MAX_CHANNELS and rows * contraction <= KERNEL_PATCHES_MAX_ELEMENTS
     small = lhs_shape[0] <= KERNEL_PATCHES_MAX_BATCH or stem
+    if image == "large_image" and small and max(spec.strides) > 1:
+        return "large_image_strided_small_batch"
     return f"{image}_small_batch" if small else image
 
 
