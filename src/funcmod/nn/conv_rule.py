@@ -14,9 +14,11 @@ contraction size (the patches matrix's width); the first that applies:
    (of strided rows when strided), 3-80x faster than lax's convolution in the 1x1 rows.
 4. ``few_taps`` (K <= ``MAX_DIRECT_TAPS``, e.g. an RGB stem): the forward pass ``direct``, the
    input gradient patches, the kernel gradient patches (the patches matrix is at most 32 wide)
-   unless it has more than ``KERNEL_PATCHES_MAX_ELEMENTS`` elements N * S * K, then lax
-   (``few_taps_large_batch``: writing a matrix of hundreds of MB costs more than lax's
-   reduction).
+   for a small batch, or a larger one on an output of at most
+   ``FEW_CHANNELS_KERNEL_PATCHES_MAX_SPATIAL`` positions with at most
+   ``KERNEL_PATCHES_MAX_ELEMENTS`` patches elements; else lax (``few_taps_large_batch``: at
+   64x64 lax's kernel gradient was 1.5-2.4x faster from batch 16, and writing a matrix of
+   hundreds of MB costs more than its reduction; at 32x32 it was 2.3-4.2x slower from batch 64).
 5. ``many_channels`` (K >= ``PATCHES_MIN_CONTRACTION``, 256 channels at 3x3): patches in all
    three passes, at every image size measured (up to 14x14, 2-3x faster than lax).
 6. by the output's size: ``small_image`` (S <= ``KERNEL_PATCHES_MAX_SPATIAL``) patches in all
@@ -25,13 +27,13 @@ contraction size (the patches matrix's width); the first that applies:
    of both is patches for a small batch (N <= ``KERNEL_PATCHES_MAX_BATCH``, the
    ``_small_batch`` branches: 1.3-2.2x faster than lax on ResNet-18's 3x3 and 7x7 layers at
    224x224, batch 2) and lax for a larger one (1.2-1.3x faster at batch 32 on 8x8 and 16x16),
-   except for an image stem (C <= ``STEM_MAX_CHANNELS`` input channels) whose patches matrix
-   has at most ``KERNEL_PATCHES_MAX_ELEMENTS`` elements: its kernel gradient takes patches at any
-   batch (ResNet-18's 7x7 stride-2 RGB stem at 64x64, batch 32: lax 154 ms, patches 89 ms,
-   busy machine; 675 against 292 ms in an earlier run). A strided large image with a small
-   batch (``large_image_strided_small_batch``) also takes patches for its input gradient: lax's
-   strided input gradient was 1.17-1.68x slower in all three such rows of ResNet-18 at
-   224x224, batch 2 (the stem, layer2 and layer3's stride-2 3x3 convolutions; quiet machine).
+   except for an image stem (C <= ``STEM_MAX_CHANNELS`` input channels), whose kernel gradient
+   follows the few-tap branch's batch, size and element limits (ResNet-18's 7x7 stride-2 RGB
+   stem at 64x64, batch 32: lax 154 ms, patches 89 ms, busy machine). A strided large image
+   with a small batch (``large_image_strided_small_batch``) also takes patches for its input
+   gradient: lax's strided input gradient was 1.17-1.68x slower in all three such rows of
+   ResNet-18 at 224x224, batch 2 (the stem, layer2 and layer3's stride-2 3x3 convolutions;
+   quiet machine).
 
 Why these variables: XLA:CPU's convolution kernel parallelises and vectorises over the image,
 so its cost per output falls as the image grows, and it has a high fixed cost per call for
@@ -56,6 +58,7 @@ from typing import NamedTuple
 from funcmod.nn.conv_lowerings import ConvSpec, output_size
 
 __all__ = [
+    "FEW_CHANNELS_KERNEL_PATCHES_MAX_SPATIAL",
     "KERNEL_PATCHES_MAX_BATCH",
     "KERNEL_PATCHES_MAX_ELEMENTS",
     "KERNEL_PATCHES_MAX_SPATIAL",
@@ -76,9 +79,13 @@ LOWERINGS = ("lax", "direct", "depthwise", "patches")
 # The most taps (kh * kw * C) the forward pass sums directly: one broadcast multiply-add per tap
 # and output element, unrolled into one fused loop, so its cost and compile time grow with them.
 MAX_DIRECT_TAPS = 32
-# The most elements N * Ho * Wo * kh * kw * C of the patches matrix of a few-tap or stem kernel
-# gradient computed as patches (64 MB in float32). SimpleCNN's 3x3 RGB convolution, batch 256:
-# at 32x32 (7.1M elements) patches 46 ms, lax 93-117 ms; at 64x64 (28M) lax 2.3x faster.
+# A few-tap or stem kernel gradient with more than KERNEL_PATCHES_MAX_BATCH images takes patches
+# while its output has at most FEW_CHANNELS_KERNEL_PATCHES_MAX_SPATIAL positions and its patches
+# matrix at most KERNEL_PATCHES_MAX_ELEMENTS elements (64 MB in float32). A 3x3 RGB convolution
+# (quiet machine, kernel gradient alone, lax / patches): 32x32 at batch 64, 128, 256: 19 / 8.1,
+# 53 / 12.5, 113 / 43 ms; 64x64 at batch 16, 32, 64: 2.2 / 5.3, 8.2 / 12.9, 25 / 26 ms; 64x64
+# at batch 256 (28M elements): lax 2.3x faster (busy machine).
+FEW_CHANNELS_KERNEL_PATCHES_MAX_SPATIAL = 1024
 KERNEL_PATCHES_MAX_ELEMENTS = 2**24
 # The largest output spatial size Ho * Wo whose forward pass and input gradient use patches.
 PATCHES_MAX_SPATIAL = 64
@@ -88,7 +95,7 @@ KERNEL_PATCHES_MAX_SPATIAL = 16
 KERNEL_PATCHES_MAX_BATCH = 4
 # An image stem: at most this many input channels (RGB, RGBA, grey) ...
 STEM_MAX_CHANNELS = 4
-# ... takes patches for its kernel gradient at any batch up to KERNEL_PATCHES_MAX_ELEMENTS.
+# ... takes patches for its kernel gradient at a larger batch too, as a few-tap one does.
 # The smallest contraction kh * kw * C that uses patches in every pass at any image size.
 PATCHES_MIN_CONTRACTION = 2304
 
@@ -143,6 +150,14 @@ def check_plan(plan: Plan, lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -
         )
 
 
+def _few_channels_kernel_patches(batch: int, spatial: int, contraction: int) -> bool:
+    """Whether a few-tap or stem kernel gradient takes patches (see the constants' comment)."""
+    return batch <= KERNEL_PATCHES_MAX_BATCH or (
+        spatial <= FEW_CHANNELS_KERNEL_PATCHES_MAX_SPATIAL
+        and batch * spatial * contraction <= KERNEL_PATCHES_MAX_ELEMENTS
+    )
+
+
 def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
     """The branch of the rule (a key of ``RULE_BRANCHES``) this convolution takes."""
     kh, kw, c_group, _ = rhs_shape
@@ -156,17 +171,17 @@ def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
     wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
     spatial, contraction = ho * wo, kh * kw * c_group
     if contraction <= MAX_DIRECT_TAPS:
-        rows = lhs_shape[0] * spatial
-        small = rows * contraction <= KERNEL_PATCHES_MAX_ELEMENTS
+        small = _few_channels_kernel_patches(lhs_shape[0], spatial, contraction)
         return "few_taps" if small else "few_taps_large_batch"
     if contraction >= PATCHES_MIN_CONTRACTION:
         return "many_channels"
     if spatial <= KERNEL_PATCHES_MAX_SPATIAL:
         return "small_image"
     image = "medium_image" if spatial <= PATCHES_MAX_SPATIAL else "large_image"
-    rows = lhs_shape[0] * spatial
-    stem = c_group <= STEM_MAX_CHANNELS and rows * contraction <= KERNEL_PATCHES_MAX_ELEMENTS
-    small = lhs_shape[0] <= KERNEL_PATCHES_MAX_BATCH or stem
+    stem = c_group <= STEM_MAX_CHANNELS
+    small = lhs_shape[0] <= KERNEL_PATCHES_MAX_BATCH or (
+        stem and _few_channels_kernel_patches(lhs_shape[0], spatial, contraction)
+    )
     if image == "large_image" and small and max(spec.strides) > 1:
         return "large_image_strided_small_batch"
     return f"{image}_small_batch" if small else image
