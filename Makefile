@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# The whole suite, one worker per core.
+# The whole suite, one worker per core; an idle worker takes queued tests from a busy one
+# (worksteal), so a few long tests at the end do not leave the other core idle.
 test: venv
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --dist worksteal
 
 # Everything but what is marked slow (multi-process runs, 200-step grids, every-example CLI runs).
 test-fast: venv
-	$(PY) -m pytest -n auto -m "not slow"
+	$(PY) -m pytest -n auto --dist worksteal -m "not slow"
 
 compare: venv
 	$(VENV)/bin/funcmod compare
