@@ -127,8 +127,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> int:
     """``funcmod bench --convs``: the conv grid (``funcmod.tools.bench.convs``)."""
-    from pathlib import Path
-
     from funcmod.tools.bench.convs import (
         ConvBenchConfig,
         default_grid,
@@ -161,11 +159,7 @@ def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> i
     markdown = render_conv_markdown(result)
     print(json.dumps(result, indent=2) if as_json else markdown)
     if outdir:
-        out = Path(outdir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_convs.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "bench_convs.md").write_text(markdown)
-        print(f"wrote {out / 'bench_convs.json'} and {out / 'bench_convs.md'}", file=sys.stderr)
+        _write(outdir, "bench_convs", result, markdown)
     return 0
 
 
@@ -209,8 +203,6 @@ def _run_resnet(args: argparse.Namespace, as_json: bool, outdir: str | None) -> 
 
 def _run_corpus(args: argparse.Namespace, as_json: bool, outdir: str | None) -> int:
     """``funcmod bench --corpus``: the ported corpus (``funcmod.tools.bench.corpus``)."""
-    from pathlib import Path
-
     from funcmod.tools.bench.corpus import (
         CorpusBenchConfig,
         render_corpus_markdown,
@@ -232,9 +224,5 @@ def _run_corpus(args: argparse.Namespace, as_json: bool, outdir: str | None) -> 
     markdown = render_corpus_markdown(result)
     print(json.dumps(result, indent=2) if as_json else markdown)
     if outdir:
-        out = Path(outdir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_corpus.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "bench_corpus.md").write_text(markdown)
-        print(f"wrote {out / 'bench_corpus.json'} and {out / 'bench_corpus.md'}", file=sys.stderr)
+        _write(outdir, "bench_corpus", result, markdown)
     return 0

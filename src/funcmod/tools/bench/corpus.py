@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from funcmod.tools.bench.timing import format_seconds, steps_per_measurement, time_interleaved
+from funcmod.tools.bench.timing import (
+    format_seconds,
+    steps_per_measurement,
+    time_interleaved,
+    torch_threads,
+)
 
 __all__ = ["CorpusBenchConfig", "render_corpus_markdown", "run_corpus_bench"]
 
@@ -152,19 +157,13 @@ def run_corpus_bench(
     config: CorpusBenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Time every model of ``config``; returns ``{"rows": [...], "config": {...}}``."""
-    import torch
-
     from funcmod.corpus import CORPUS
 
     names: Sequence[str] = config.models or tuple(CORPUS)
     rows = []
-    threads = torch.get_num_threads()
     for name in names:
-        torch.set_num_threads(config.torch_threads)
-        try:
+        with torch_threads(config.torch_threads):
             rows.append(_time_model(name, config))
-        finally:
-            torch.set_num_threads(threads)
         if progress:
             m = rows[-1]["median_s"]
             progress(f"{name}: " + ", ".join(f"{k} {format_seconds(v)}" for k, v in m.items()))

@@ -14,13 +14,13 @@ torch on CPU runs synchronously, so ``run(n)`` returns when the steps are done.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from funcmod.articles.catalog import Example
 from funcmod.tools.bench.config import BenchConfig
+from funcmod.tools.bench.timing import torch_threads
 from funcmod.tools.bench.variants import CaseData, Variant, twin_and_optimizer
 
 __all__ = ["make_torch_variants"]
@@ -39,21 +39,9 @@ def _torch_step_fn(twin: Any, opt: Any, data: CaseData) -> Callable[[], Any]:
     return step
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _torch_runner(step: Callable[[], Any], threads: int) -> Callable[[int], None]:
     def run(n: int) -> None:
-        with _torch_threads(threads):
+        with torch_threads(threads):
             for _ in range(n):
                 step()
 
@@ -74,7 +62,7 @@ def make_torch_variants(ex: Example, data: CaseData, config: BenchConfig) -> dic
         steps["torch_compile"] = torch.compile(_torch_step_fn(twin_c, opt_c, data))
     variants: dict[str, Variant] = {}
     for kind, step in steps.items():
-        with _torch_threads(config.torch_threads[0]):
+        with torch_threads(config.torch_threads[0]):
             t0 = time.perf_counter()
             step()
             first = time.perf_counter() - t0
