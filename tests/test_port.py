@@ -5,7 +5,6 @@ without torch; register_op / register_module extend it; the command line's exit 
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from torch import nn  # noqa: E402
 from funcmod.articles.catalog import EXAMPLES, get_example  # noqa: E402
 from funcmod.port import UnsupportedError, load, port, register_module, register_op  # noqa: E402
 from funcmod.port.ops import OPS  # noqa: E402
+from funcmod.port.ported import ruff_binary  # noqa: E402
 from funcmod.tools.cli import main  # noqa: E402
 
 FAST = {"MLP", "SimpleCNN", "CustomLinear"}
@@ -327,7 +327,7 @@ def unused_names(source: str) -> list[str]:
 
 def _ruff_unused(source: str) -> str | None:
     """ruff's own verdict (F841, F811, F401) on ``source``, where a ruff binary exists."""
-    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
+    ruff = ruff_binary()
     if ruff is None:
         return None
     done = subprocess.run(

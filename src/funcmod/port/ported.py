@@ -29,12 +29,17 @@ from funcmod.precision import float_dtype, x64_for
 __all__ = ["Ported", "format_source", "port"]
 
 
+def ruff_binary() -> str | None:
+    """The ``ruff`` executable next to this Python, else on PATH, else None."""
+    candidates = [Path(sys.executable).with_name("ruff"), shutil.which("ruff")]
+    return next((str(c) for c in candidates if c and Path(c).exists()), None)
+
+
 def format_source(source: str) -> str:
     """``source`` formatted by ``ruff format`` (line length 100) when the ``ruff`` binary is
     found next to this Python or on PATH; as it is otherwise (ruff is a development tool, not a
     dependency)."""
-    candidates = [Path(sys.executable).with_name("ruff"), shutil.which("ruff")]
-    exe = next((str(c) for c in candidates if c and Path(c).exists()), None)
+    exe = ruff_binary()
     if exe is None:
         return source
     try:
