@@ -21,6 +21,7 @@ accessed against the convolutions' own) as the measured reason.
 from __future__ import annotations
 
 import datetime
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -50,9 +51,10 @@ WIDTHS = (64, 128, 256, 512)
 CLASSES = 10
 
 
+@functools.cache
 def _torch_classes() -> tuple[type, type]:
-    """The torch twin's classes, defined on first use so that importing this module does not
-    import torch."""
+    """The torch twin's classes, defined once on first use so that importing this module does
+    not import torch."""
     import torch
     from torch import nn
 
