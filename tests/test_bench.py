@@ -41,7 +41,13 @@ def mlp_row():
 def test_bench_case_structure_and_positive_timings(mlp_row):
     row = mlp_row
     assert (row["example"], row["batch"], row["image_size"], row["small"]) == ("MLP", 4, None, True)
-    assert set(row["variants"]) == {"flax_step", "flax_scan", "pure_jax", "torch_eager_t1"}
+    assert set(row["variants"]) == {
+        "flax_step",
+        "flax_bound",
+        "flax_scan",
+        "pure_jax",
+        "torch_eager_t1",
+    }
     assert row["best_torch"] == {"torch_eager": "torch_eager_t1"}
     assert row["flops"] > 0
     assert row["scan_steps"] == 2
@@ -65,6 +71,7 @@ def test_ratios_are_ratios_of_the_medians(mlp_row):
     assert r["eager_over_step"] == pytest.approx(t["torch_eager_t1"] / t["flax_step"])
     assert r["eager_over_scan"] == pytest.approx(t["torch_eager_t1"] / t["flax_scan"])
     assert r["step_overhead"] == pytest.approx(t["flax_step"] / t["pure_jax"] - 1)
+    assert r["bound_overhead"] == pytest.approx(t["flax_bound"] / t["pure_jax"] - 1)
     assert "compile_over_step" not in r  # torch.compile was not run
 
 
@@ -132,8 +139,10 @@ def test_jitted_steps_do_not_recompile_on_a_second_call():
             assert counter.compiles == 0
 
 
-def _fake_row(example, batch, small, eager, step, compile_=None, overhead=0.0, first=0.5):
-    ratios = {"eager_over_step": eager / step, "step_overhead": overhead}
+def _fake_row(
+    example, batch, small, eager, step, compile_=None, overhead=0.0, bound=0.0, first=0.5
+):
+    ratios = {"eager_over_step": eager / step, "step_overhead": overhead, "bound_overhead": bound}
     if compile_ is not None:
         ratios["compile_over_step"] = compile_ / step
     variants = {name: {"first_call_s": first} for name in bench.JAX_VARIANTS}
@@ -143,7 +152,7 @@ def _fake_row(example, batch, small, eager, step, compile_=None, overhead=0.0, f
 
 def test_evaluate_targets_names_the_failing_cases():
     rows = [
-        _fake_row("MLP", 32, True, eager=6.0, step=1.0, compile_=8.0),
+        _fake_row("MLP", 32, True, eager=6.0, step=1.0, compile_=8.0, bound=0.06),
         _fake_row("MLP", 256, True, eager=3.0, step=1.0, compile_=4.0, overhead=0.08),
         _fake_row("SimpleCNN", 32, False, eager=0.9, step=1.0, compile_=0.5, first=2.5),
     ]
@@ -155,6 +164,7 @@ def test_evaluate_targets_names_the_failing_cases():
     assert targets["small_5x_eager"]["ok"] is True  # only MLP b32 counts: 6x
     assert targets["step_beats_compile"]["failing"] == ["SimpleCNN b32"]
     assert targets["overhead_5pct"]["failing"] == ["MLP b256"]
+    assert targets["bound_overhead_5pct"]["failing"] == ["MLP b32"]
     assert targets["compile_2s"]["ok"] is False
     assert targets["compile_2s"]["worst"] == pytest.approx(2.5)
 

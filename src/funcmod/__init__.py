@@ -9,7 +9,7 @@ The package is in three wings; arrows point one way, tools -> articles -> librar
   blocks), ``convert`` (weights both ways; its walk ``convert_walk``, several-tensor
   rules ``convert_groups``, torch-named safetensors files ``convert_files``), ``parity``
   (outputs and gradients), ``trajectory`` (whole training runs), ``train`` (jitted optax
-  steps), ``sharding`` (data parallelism), ``optim`` (torch.optim -> optax), ``checkpoint``
+  steps), ``bound_step`` (the step holding its state), ``sharding`` (data parallelism), ``optim`` (torch.optim -> optax), ``checkpoint``
   (atomic TrainState files);
 * ``funcmod.articles``: the four seed articles' examples, ported and twinned;
 * ``funcmod.corpus``: plain PyTorch models (ResNet, GPT, Llama, ...), the acceptance corpus
@@ -24,7 +24,7 @@ imported explicitly::
     from funcmod.convert import torch_to_flax, flax_to_torch
 """
 
-from funcmod import checkpoint, layout, nn, precision, sharding, train, tree
+from funcmod import bound_step, checkpoint, layout, nn, precision, sharding, train, tree
 from funcmod.tree import LeafDiff, assert_trees_close, compare_trees, count_params
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "LeafDiff",
     "__version__",
     "assert_trees_close",
+    "bound_step",
     "checkpoint",
     "compare_trees",
     "count_params",

@@ -63,6 +63,7 @@ __all__ = [
     "check_batch_dtypes",
     "create_train_state",
     "first_nonfinite_step",
+    "jit_step",
     "make_eval_step",
     "make_train_epoch",
     "make_train_step",
@@ -223,7 +224,7 @@ def softmax_cross_entropy(
     return jnp.sum(jnp.where(kept, losses, 0.0)) / jnp.sum(kept).astype(losses.dtype)
 
 
-_WIDE = (np.dtype(np.float64), np.dtype(np.complex128))
+_WIDE = frozenset((np.dtype(np.float64), np.dtype(np.complex128)))
 
 
 def check_batch_dtypes(batch: Any) -> None:
@@ -236,8 +237,7 @@ def check_batch_dtypes(batch: Any) -> None:
     # paths are built only to name a wide leaf (building them every step cost about a fifth of a
     # small model's step: docs/pitfalls.md, "The train step's overhead").
     for leaf in jax.tree.leaves(batch):
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is not None and dtype in _WIDE:
+        if getattr(leaf, "dtype", None) in _WIDE:
             break
     else:
         return
@@ -267,6 +267,30 @@ def _refusing_wide_batches(jitted: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
+def jit_step(
+    fn: Callable[[Any, Batch], Any],
+    *,
+    donate: bool,
+    mesh: Mesh | None,
+    axis: str = DATA_AXIS,
+    batch_axis: int = 0,
+) -> Any:
+    """``jax.jit(fn)`` for ``fn(state, batch)``, the state's buffers donated if ``donate``; with
+    a mesh, the state and the outputs replicated and the batch split along ``batch_axis`` over
+    the mesh axis ``axis``. No batch check: callers run ``check_batch_dtypes`` first."""
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+    check_axis(mesh, axis)
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        fn,
+        in_shardings=(replicated, batch_sharding(mesh, axis, batch_axis)),
+        out_shardings=replicated,
+        donate_argnums=donate_argnums,
+    )
+
+
 def _jit_step(
     fn: Callable[[TrainState, Batch], Any],
     *,
@@ -275,18 +299,10 @@ def _jit_step(
     axis: str,
     batch_axis: int,
 ) -> Callable[[TrainState, Batch], Any]:
-    """``fn`` jitted; with a mesh, the state and outputs replicated and the batch split."""
-    donate_argnums = (0,) if donate else ()
+    """``jit_step(fn)`` behind ``check_batch_dtypes`` (and ``shard_batch`` with a mesh)."""
+    jitted = jit_step(fn, donate=donate, mesh=mesh, axis=axis, batch_axis=batch_axis)
     if mesh is None:
-        return _refusing_wide_batches(jax.jit(fn, donate_argnums=donate_argnums))
-    check_axis(mesh, axis)
-    replicated = NamedSharding(mesh, P())
-    jitted = jax.jit(
-        fn,
-        in_shardings=(replicated, batch_sharding(mesh, axis, batch_axis)),
-        out_shardings=replicated,
-        donate_argnums=donate_argnums,
-    )
+        return _refusing_wide_batches(jitted)
 
     def sharded(state: TrainState, batch: Batch) -> Any:
         check_batch_dtypes(batch)

@@ -29,7 +29,7 @@ DEFAULT_BATCH_SIZES = (32, 256)
 # Examples with image inputs also run at these sizes, besides their own (SimpleCNN: 32 and 64).
 DEFAULT_IMAGE_SIZES = (64,)
 
-JAX_VARIANTS = ("flax_step", "flax_scan", "pure_jax")
+JAX_VARIANTS = ("flax_step", "flax_bound", "flax_scan", "pure_jax")
 TORCH_VARIANTS = ("torch_eager", "torch_compile")  # each timed at every torch_threads count
 
 

@@ -1,6 +1,8 @@
 """The JAX variants of one case, each a ``Variant`` already called once:
 
 * ``flax_step``: ``funcmod.train.make_train_step(mse)``, jitted, state donated;
+* ``flax_bound``: ``funcmod.bound_step.bind_train_step(mse, state)``, the same step with the
+  state held as a list of leaves between steps (``TrainState`` built only on request);
 * ``flax_scan``: ``funcmod.train.make_train_epoch(mse)``, K steps in one ``lax.scan`` dispatch;
 * ``pure_jax``: a hand-written step of the same model, ``jax.jit`` of ``value_and_grad`` and the
   same optax update on a raw params dict, no ``TrainState``: what funcmod's step is measured
@@ -119,11 +121,31 @@ def make_jax_variants(
     compiled = train_step.lower(holder["state"], batch).compile()  # the cached executable
     flops = float(compiled.cost_analysis()["flops"])
 
+    if "flax_bound" in config.jax_variants:
+        variants["flax_bound"] = _bound_variant(model, variables, tx, batch)
     if "flax_scan" in config.jax_variants:
         variants["flax_scan"] = _scan_variant(model, variables, tx, batch, config)
     if "pure_jax" in config.jax_variants:
         variants["pure_jax"] = _pure_variant(model, variables, tx, data)
     return variants, flops
+
+
+def _bound_variant(
+    model: Any, variables: Any, tx: optax.GradientTransformation, batch: Any
+) -> Variant:
+    """bind_train_step: the state stays inside the step object between calls."""
+    from funcmod.bound_step import bind_train_step
+    from funcmod.train import create_train_state, mse
+
+    bound = bind_train_step(mse, create_train_state(model, variables, tx))
+
+    def run_bound(n: int) -> None:
+        for _ in range(n):
+            metrics = bound(batch)
+        jax.block_until_ready((bound.state.params, metrics))
+
+    seconds, detail = _first_call(lambda: jax.block_until_ready(bound(batch)))
+    return Variant(run_bound, 1, seconds, detail)
 
 
 def _scan_variant(

@@ -15,6 +15,8 @@ from funcmod.tools.bench.timing import format_seconds
 
 __all__ = ["plot_ratios", "render_markdown", "write_results"]
 
+_OVERHEADS = ("step_overhead", "bound_overhead")  # make_train_step's, bind_train_step's
+
 
 def _fmt_ratio(ratios: dict[str, float], key: str) -> str:
     return f"{ratios[key]:.2f}x" if key in ratios else "-"
@@ -57,9 +59,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     head = ["case", "torch eager"] + (["torch.compile"] if has_compile else [])
-    head += ["Flax step", "Flax scan", "pure JAX", "eager / step"]
+    head += ["Flax step", "Flax bound", "Flax scan", "pure JAX", "eager / step"]
     head += ["compile / step"] if has_compile else []
-    head += ["eager / scan", "overhead", "GFLOP/s step (peak)", "1st call step/scan/pure"]
+    head += ["eager / scan", "overhead step / bound", "GFLOP/s step (peak)"]
+    head += ["1st call step/bound/scan/pure"]
     head += ["torch.compile 1st call"] if has_compile else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -71,7 +74,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         cells += [_fmt_ratio(q, "compile_over_step")] if has_compile else []
         cells += [
             _fmt_ratio(q, "eager_over_scan"),
-            f"{q['step_overhead']:+.1%}" if "step_overhead" in q else "-",
+            " / ".join(f"{q[k]:+.1%}" if k in q else "-" for k in _OVERHEADS),
             f"{v['flax_step']['gflops']:.2f} ({v['flax_step']['peak_fraction']:.1%})",
             " / ".join(f"{v[n]['first_call_s']:.2f}" if n in v else "-" for n in JAX_VARIANTS)
             + " s",
@@ -83,9 +86,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "Times are per training step; a ratio above 1 means the Flax step is faster. Flax "
-        "scan: `make_train_epoch`, several steps per dispatch. Overhead: funcmod's step over a "
-        "hand-written `jax.jit(value_and_grad + optax)` step. GFLOP/s: XLA's FLOP count of the "
-        "compiled step over its median time. 1st call: trace, compile and one step "
+        "bound: `bind_train_step`, the state held as leaves between steps. Flax scan: "
+        "`make_train_epoch`, several steps per dispatch. Overhead: funcmod's step and bound step "
+        "over a hand-written `jax.jit(value_and_grad + optax)` step. GFLOP/s: XLA's FLOP count "
+        "of the compiled step over its median time. 1st call: trace, compile and one step "
         "(torch.compile's is short when inductor's on-disk cache is warm from an earlier run).",
         "",
         "| target | result | worst case |",

@@ -113,7 +113,8 @@ def _best_torch(results: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def _ratios(results: dict[str, dict[str, Any]], best: dict[str, str]) -> dict[str, float]:
     """Speed-ups (the torch variant's median step time, at its best thread count, over the
-    Flax variant's) and funcmod's overhead over the hand-written step."""
+    Flax variant's) and the overheads of funcmod's step and bound step over the hand-written
+    step."""
     t = {name: r["step_s"] for name, r in results.items()}
     t.update({kind: t[name] for kind, name in best.items()})
     pairs = {
@@ -126,6 +127,8 @@ def _ratios(results: dict[str, dict[str, Any]], best: dict[str, str]) -> dict[st
     ratios = {key: t[a] / t[b] for key, (a, b) in pairs.items() if a in t and b in t}
     if "pure_jax" in t:
         ratios["step_overhead"] = t["flax_step"] / t["pure_jax"] - 1.0
+        if "flax_bound" in t:
+            ratios["bound_overhead"] = t["flax_bound"] / t["pure_jax"] - 1.0
     return ratios
 
 
