@@ -284,11 +284,35 @@ def test_parity_one_vs_eight_devices(tmp_path):
 # --- two processes ------------------------------------------------------------------------------
 
 
+def _shared_dir(tmp_path_factory) -> Path:
+    """One folder for every xdist worker of this run (the run's own one without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory) -> list[dict]:
     """``funcmod distributed train`` as two processes of 4 CPU devices each on
-    127.0.0.1: one global batch of 16 rows, 8 per process, 2 per device. Their JSON outputs."""
-    port, logs = free_port(), tmp_path_factory.mktemp("two")
+    127.0.0.1: one global batch of 16 rows, 8 per process, 2 per device. Their JSON outputs.
+
+    Run once per test run, not once per xdist worker: the two tests that read it usually land on
+    different workers, and each worker would otherwise start its own pair of processes. The
+    first worker runs it under a file lock; the other waits and reads the same files."""
+    from filelock import FileLock
+
+    logs = _shared_dir(tmp_path_factory) / "two-process-runs"
+    outs = [logs / f"process{i}.json" for i in range(2)]
+    with FileLock(f"{logs}.lock"):
+        if not all(out.is_file() for out in outs):
+            for out in outs:  # a half-finished earlier try must not mix with this one
+                out.unlink(missing_ok=True)
+            _two_process_train(logs)
+    return [json.loads(out.read_text()) for out in outs]
+
+
+def _two_process_train(logs: Path) -> None:
+    """Both processes at once; each writes ``logs/process{i}.json``."""
+    port = free_port()
     commands = [
         [
             *FUNCMOD,
@@ -312,7 +336,6 @@ def two_process_runs(tmp_path_factory) -> list[dict]:
         for i in range(2)
     ]
     _run_all(commands, devices=4, timeout=180, logs=logs)
-    return [json.loads((logs / f"process{i}.json").read_text()) for i in range(2)]
 
 
 @pytest.mark.slow
@@ -333,11 +356,14 @@ def test_two_processes_train_like_one_device(two_process_runs):
 
 
 @pytest.mark.slow
-def test_ddp_matches_the_jax_data_parallel_run(two_process_runs):
+def test_ddp_matches_the_jax_data_parallel_run(request):
     pytest.importorskip("torch")
     ddp = ddp_train(
         TWO_PROCESS_EXAMPLES, dtypes=list(DTYPE_NAMES), steps=STEPS, world_size=2, timeout_s=180
     )
+    # Asked for after DDP has trained, not as an argument: when another worker is running the
+    # two JAX processes, DDP's processes train meanwhile instead of waiting for its lock.
+    two_process_runs = request.getfixturevalue("two_process_runs")
     for d in two_process_runs[0]["runs"]:
         jax_run = Run.from_dict(d)
         torch_run = ddp[(jax_run.example, jax_run.dtype)]
