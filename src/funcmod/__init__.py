@@ -9,8 +9,9 @@ The package is in three wings; arrows point one way, tools -> articles -> librar
   blocks), ``convert`` (weights both ways; its walk ``convert_walk``, several-tensor
   rules ``convert_groups``, torch-named safetensors files ``convert_files``), ``parity``
   (outputs and gradients), ``trajectory`` (whole training runs), ``train`` (jitted optax
-  steps), ``bound_step`` (the step holding its state), ``sharding`` (data parallelism), ``optim`` (torch.optim -> optax), ``checkpoint``
-  (atomic TrainState files);
+  steps), ``bound_step`` (the step holding its state), ``host_memory`` (freed memory kept
+  for XLA:CPU's next step), ``sharding`` (data parallelism), ``optim`` (torch.optim ->
+  optax), ``checkpoint`` (atomic TrainState files);
 * ``funcmod.articles``: the four seed articles' examples, ported and twinned;
 * ``funcmod.corpus``: plain PyTorch models (ResNet, GPT, Llama, ...), the acceptance corpus
   of the porter (an examples wing beside ``articles``);

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from funcmod.articles.catalog import EXAMPLES
+from funcmod.host_memory import HostMemoryError, retain_host_memory
 from funcmod.tools.bench.config import BenchConfig, bench_defaults
 from funcmod.tools.bench.report import render_markdown, write_results
 from funcmod.tools.bench.run import run_bench
@@ -74,6 +75,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="SIZExBATCH",
         help="the conv grid's network inputs (default 64x2 224x2)",
     )
+    p.add_argument(
+        "--retain-host-memory",
+        action="store_true",
+        help="keep freed host memory for reuse before anything runs (funcmod.host_memory: "
+        "no fresh pages for XLA's buffers on every step; the process keeps its peak memory)",
+    )
     p.set_defaults(run=run)
 
 
@@ -100,6 +107,14 @@ def run(args: argparse.Namespace) -> int:
     or 2 when torch is missing or a setting is invalid: speed targets are reported, not
     enforced.
     """
+    if getattr(args, "retain_host_memory", False):
+        try:
+            if not retain_host_memory():
+                print("funcmod bench: no glibc mallopt here; host memory left as it is",
+                      file=sys.stderr)  # fmt: skip
+        except HostMemoryError as e:
+            print(f"funcmod bench: {e}", file=sys.stderr)
+            return 2
     try:
         import torch  # noqa: F401
     except ImportError:

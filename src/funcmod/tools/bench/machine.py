@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcmod.host_memory import host_memory_mode
 from funcmod.tools.bench.timing import median_time
 
 __all__ = ["load_average", "machine_info", "measure_matmul_peak"]
@@ -47,6 +48,9 @@ def machine_info() -> dict[str, Any]:
         # graphs from an earlier run.
         "torch_inductor_fx_graph_cache": bool(inductor_config.fx_graph_cache),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # Whether freed host memory is kept for reuse (funcmod.host_memory): a large XLA
+        # program's step time depends on it.
+        "host_memory": host_memory_mode(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {
