@@ -65,14 +65,20 @@ def bench_case(case: Case, config: BenchConfig) -> dict[str, Any]:
     data = make_data(ex, case, config.seed)
     jax_variants, flops = make_jax_variants(ex, data, config)
     variants = {**jax_variants, **make_torch_variants(ex, data, config)}
-    for v in variants.values():  # warm-up, untimed
-        v.run(v.per_call * max(1, math.ceil(config.warmup / v.per_call)))
-    steps = {
-        name: steps_per_measurement(v.run, v.per_call, config.min_time, config.max_steps)
-        for name, v in variants.items()
-    }
+    steps = {}
+    for name, v in variants.items():
+        with v.around():
+            v.run(v.per_call * max(1, math.ceil(config.warmup / v.per_call)))  # warm-up
+            steps[name] = steps_per_measurement(
+                v.run, v.per_call, config.min_time, config.max_steps
+            )
     with CompileCounter() as counter:
-        samples = time_interleaved({n: v.run for n, v in variants.items()}, steps, config.rounds)
+        samples = time_interleaved(
+            {n: v.run for n, v in variants.items()},
+            steps,
+            config.rounds,
+            around={n: v.around for n, v in variants.items()},
+        )
     results = {}
     for name, v in variants.items():
         median = statistics.median(samples[name])

@@ -105,12 +105,16 @@ def steps_per_measurement(
 
 
 def time_interleaved(
-    runs: dict[str, Callable[[int], None]], steps: dict[str, int], rounds: int
+    runs: dict[str, Callable[[int], None]],
+    steps: dict[str, int],
+    rounds: int,
+    around: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per step of every ``runs[name](steps[name])``, one sample per round.
 
     The runs take turns within a round, starting from a different one each round, so that a
     change in machine load hits all of them alike; the garbage collector is off meanwhile.
+    ``around[name]()``, where given, is entered before the timer starts and left after it stops.
 
     Returns:
       ``{name: [seconds per step, one per round]}``.
@@ -120,9 +124,11 @@ def time_interleaved(
     with no_gc():
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                t0 = time.perf_counter()
-                runs[name](steps[name])
-                samples[name].append((time.perf_counter() - t0) / steps[name])
+                with (around or {}).get(name, contextlib.nullcontext)():
+                    t0 = time.perf_counter()
+                    runs[name](steps[name])
+                    seconds = time.perf_counter() - t0
+                samples[name].append(seconds / steps[name])
     return samples
 
 

@@ -39,13 +39,16 @@ def _torch_step_fn(twin: Any, opt: Any, data: CaseData) -> Callable[[], Any]:
     return step
 
 
-def _torch_runner(step: Callable[[], Any], threads: int) -> Callable[[int], None]:
+def _torch_runner(step: Callable[[], Any]) -> Callable[[int], None]:
     def run(n: int) -> None:
-        with torch_threads(threads):
-            for _ in range(n):
-                step()
+        for _ in range(n):
+            step()
 
     return run
+
+
+def _at_threads(threads: int) -> Callable[[], Any]:
+    return lambda: torch_threads(threads)
 
 
 def make_torch_variants(ex: Example, data: CaseData, config: BenchConfig) -> dict[str, Variant]:
@@ -67,5 +70,7 @@ def make_torch_variants(ex: Example, data: CaseData, config: BenchConfig) -> dic
             step()
             first = time.perf_counter() - t0
         for threads in config.torch_threads:
-            variants[f"{kind}_t{threads}"] = Variant(_torch_runner(step, threads), 1, first)
+            variants[f"{kind}_t{threads}"] = Variant(
+                _torch_runner(step), 1, first, around=_at_threads(threads)
+            )
     return variants

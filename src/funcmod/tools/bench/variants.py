@@ -5,6 +5,7 @@ from the same seed), so that the variants differ in how they take a step and in 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +27,16 @@ class Variant:
     and returns when they are done.
 
     ``first_call_s`` is the time of its first call (compiles included), ``compile_detail`` that
-    time's JAX breakdown (``CompileCounter.seconds``; empty for torch).
+    time's JAX breakdown (``CompileCounter.seconds``; empty for torch). ``around()`` is the
+    context every ``run`` is called in, entered outside the timer (torch's thread count:
+    setting it rebuilds torch's thread pool).
     """
 
     run: Callable[[int], None]
     per_call: int = 1
     first_call_s: float = 0.0
     compile_detail: dict[str, float] = field(default_factory=dict)
+    around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
 
 @dataclass
