@@ -5,12 +5,25 @@
 * ``jax_numpy_rank_promotion="raise"``: adding a (3,) array to a (2, 3) array raises instead of
   broadcasting.
 
+* Under xdist, ``OMP_NUM_THREADS`` is the cores per worker (torch's intra-op threads), unless
+  set already.
+
 float64 tests enter ``jax.enable_x64(True)`` themselves; the rest run in JAX's default 32 bits.
 Test modules that need torch start with ``torch = pytest.importorskip("torch")``, so the suite
 skips them cleanly where torch is not installed.
 """
 
 from __future__ import annotations
+
+import os
+
+# Under xdist, one torch intra-op thread per core for each worker, not one per core each: with
+# two workers on two cores, torch's OpenMP threads (two per worker) outnumber the cores and wait
+# for each other (corpus AdamW run, two workers at once: 29-30 s per test at 2 threads, 24-25 s
+# at 1). Set before any test module imports torch; an explicit OMP_NUM_THREADS wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 import jax
 from hypothesis import HealthCheck, settings
