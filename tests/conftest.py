@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 
-# Under xdist, one torch intra-op thread per core for each worker, not one per core each: with
-# two workers on two cores, torch's OpenMP threads (two per worker) outnumber the cores and wait
-# for each other (corpus AdamW run, two workers at once: 29-30 s per test at 2 threads, 24-25 s
-# at 1). Set before any test module imports torch; an explicit OMP_NUM_THREADS wins.
+# Under xdist, torch's intra-op threads share the cores among the workers: by default each
+# worker runs one OpenMP thread per core, so two workers on two cores run four, which wait for
+# each other and slow every torch-heavy test. Set before any test module imports torch; an
+# explicit OMP_NUM_THREADS wins.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
