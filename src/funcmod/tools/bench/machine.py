@@ -51,6 +51,9 @@ def machine_info() -> dict[str, Any]:
         # Whether freed host memory is kept for reuse (funcmod.host_memory): a large XLA
         # program's step time depends on it.
         "host_memory": host_memory_mode(),
+        # ... and whether another allocator was preloaded (jemalloc: docs/pitfalls.md).
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "malloc_conf": os.environ.get("MALLOC_CONF", ""),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {
