@@ -106,6 +106,9 @@ class BoundTrainStep:
 
         A float64 batch while 64-bit JAX is off raises ValueError before any work (as
         ``make_train_step``'s function does)."""
+        # The same check (and sharding) as make_train_step's wrapper (train._jit_step), written
+        # here rather than called through that wrapper: the extra Python frame per step cost
+        # 1-4% of a small model's step (CustomLinear b32: 61.8 against 59.4 us, interleaved).
         check_batch_dtypes(batch)
         if self._mesh is not None:
             batch = shard_batch(batch, self._mesh, axis=self._axis)
