@@ -45,6 +45,18 @@ class BatchNormNet(nn.Module):
         return nn.Dense(2, param_dtype=self.param_dtype)(x)
 
 
+def net_state(dtype, seed: int = 0, dropout_seed: int = 1, first_bias: bool = True):
+    """A ``TrainState`` of ``BatchNormNet`` (10 features in, ``param_dtype=dtype``), torch's Adam
+    at lr 1e-2 and a dropout key: parameters, ``batch_stats`` and a key for a step to carry."""
+    from funcmod.optim import torch_adam
+    from funcmod.train import create_train_state
+
+    model = BatchNormNet(first_bias=first_bias, param_dtype=dtype)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 10), dtype), train=False)
+    tx = torch_adam(1e-2)
+    return create_train_state(model, variables, tx, dropout_key=jax.random.key(dropout_seed))
+
+
 def net_batches(n: int, dtype, batch: int = 16, seed: int = 0, features: int = 10) -> list:
     """``n`` batches ``(x (batch, features), y (batch, 2))`` of standard-normal values."""
     rng = np.random.default_rng(seed)

@@ -12,20 +12,12 @@ from flax.training import train_state
 
 from funcmod.articles.models import MLP
 from funcmod.bound_step import BoundTrainStep, bind_train_step
-from funcmod.optim import torch_adam
 from funcmod.sharding import data_mesh, replicate
 from funcmod.train import create_train_state, make_train_step, mse
 from funcmod.tree import assert_trees_close
-from tests.helpers import BatchNormNet, net_batches, x64
+from tests.helpers import net_batches, net_state, x64
 
 TRAIN = {"train": True}
-
-
-def _net_state(dtype):
-    model = BatchNormNet(param_dtype=dtype)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 10), dtype), train=False)
-    tx = torch_adam(1e-2)
-    return create_train_state(model, variables, tx, dropout_key=jax.random.key(1))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -34,9 +26,9 @@ def test_bound_step_is_bitwise_make_train_step(dtype):
     returns a TrainState: the same program, only the boundary differs."""
     with x64(dtype):
         batches = net_batches(3, dtype)
-        state = _net_state(dtype)
+        state = net_state(dtype)
         step = make_train_step(mse, apply_kwargs=TRAIN)
-        bound = bind_train_step(mse, _net_state(dtype), apply_kwargs=TRAIN)
+        bound = bind_train_step(mse, net_state(dtype), apply_kwargs=TRAIN)
         for batch in batches:
             state, metrics = step(state, batch)
             bound_metrics = bound(batch)
@@ -103,9 +95,9 @@ def test_donated_state_read_before_a_step_is_deleted_after_it():
 def test_bound_step_over_a_mesh_matches_the_mesh_step():
     mesh = data_mesh()
     batches = net_batches(2, np.float32, batch=8 * len(mesh.devices))
-    state = replicate(_net_state(np.float32), mesh)
+    state = replicate(net_state(np.float32), mesh)
     step = make_train_step(mse, apply_kwargs=TRAIN, mesh=mesh)
-    bound = bind_train_step(mse, replicate(_net_state(np.float32), mesh), apply_kwargs=TRAIN,
+    bound = bind_train_step(mse, replicate(net_state(np.float32), mesh), apply_kwargs=TRAIN,
                             mesh=mesh)  # fmt: skip
     assert isinstance(bound, BoundTrainStep)
     for batch in batches:

@@ -18,13 +18,11 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from funcmod.optim import torch_adam
 from funcmod.precision import DTYPES as DTYPE_NAMES
 from funcmod.precision import rtol
 from funcmod.sharding import data_mesh, initialize, process_rows, replicate, shard_batch
@@ -37,14 +35,14 @@ from funcmod.tools.data_parallel import (
 )
 from funcmod.tools.ddp import ddp_train, free_port
 from funcmod.train import (
-    create_train_state,
     make_train_epoch,
     make_train_step,
     mse,
     stack_batches,
 )
 from funcmod.tree import assert_trees_close
-from tests.helpers import BatchNormNet, net_batches, x64
+from tests.helpers import net_batches, x64
+from tests.helpers import net_state as batchnorm_net_state
 
 DTYPES = [np.float32, np.float64]
 # Steps per run. float32 runs of ReLU nets agree until a ReLU input lies within rounding of 0
@@ -59,9 +57,7 @@ TWO_PROCESS_EXAMPLES = ["MLP", "SimpleCNN"]
 
 
 def net_state(dtype):
-    model = BatchNormNet(first_bias=False, param_dtype=dtype)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 10), dtype), train=False)
-    return create_train_state(model, variables, torch_adam(1e-2), dropout_key=jax.random.key(1))
+    return batchnorm_net_state(dtype, first_bias=False)  # see BatchNormNet: no noise-only bias
 
 
 # --- subprocesses -------------------------------------------------------------------------------

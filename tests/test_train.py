@@ -10,7 +10,6 @@ import optax
 import pytest
 
 from funcmod.articles.models import MLP
-from funcmod.optim import torch_adam
 from funcmod.train import (
     NonFiniteLossError,
     create_train_state,
@@ -25,7 +24,7 @@ from funcmod.train import (
     stack_batches,
 )
 from funcmod.tree import assert_trees_close, compare_trees
-from tests.helpers import BatchNormNet, net_batches, x64
+from tests.helpers import net_batches, net_state, x64
 
 DTYPES = [np.float32, np.float64]
 # One step, jitted against op by op: the same operations, so a few ulps at most (XLA fuses
@@ -41,13 +40,6 @@ def mlp_state(dtype, tx=None, seed: int = 0):
     model = MLP(10, 5, 2, param_dtype=dtype)
     variables = model.init(jax.random.key(seed), jnp.zeros((1, 10), dtype))
     return model, create_train_state(model, variables, tx or optax.sgd(0.1, momentum=0.9))
-
-
-def net_state(dtype, seed: int = 0, dropout_seed: int = 1):
-    model = BatchNormNet(param_dtype=dtype)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 10), dtype), train=False)
-    tx = torch_adam(1e-2)
-    return create_train_state(model, variables, tx, dropout_key=jax.random.key(dropout_seed))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
