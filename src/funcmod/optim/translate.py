@@ -150,14 +150,14 @@ def _optimizer_name(optimizer: Any) -> str:
 
 
 def _check_schedulers(optimizer: Any, scheduler: Any) -> None:
-    attached = attached_schedulers(optimizer)
+    family = []
     if scheduler is not None:
         if getattr(scheduler, "optimizer", None) is not optimizer:
             raise ValueError(
                 f"the scheduler {type(scheduler).__name__} is attached to another optimizer"
             )
         family = [scheduler, *getattr(scheduler, "_schedulers", [])]
-        attached = [s for s in attached if not any(s is f for f in family)]
+    attached = attached_schedulers(optimizer, besides=family)
     if attached:
         names = sorted({type(s).__name__ for s in attached})
         raise NotImplementedError(
