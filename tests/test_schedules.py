@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from funcmod.articles import torch_models  # noqa: E402
 from funcmod.convert import torch_grads_to_flax, torch_to_flax  # noqa: E402
 from funcmod.optim import from_torch, schedule_from_torch  # noqa: E402
+from funcmod.optim.schedules import attached_schedulers  # noqa: E402
 from funcmod.tree import assert_trees_close  # noqa: E402
 from tests.helpers import jitted_update, x64  # noqa: E402
 
@@ -194,6 +195,20 @@ def test_a_scheduler_attached_but_not_passed_is_refused():
         from_torch(opt, module)
     with pytest.raises(NotImplementedError, match="ReduceLROnPlateau changes the lr from"):
         from_torch(opt, module, scheduler=plateau)
+
+
+def test_attached_schedulers_finds_them_besides_the_passed_ones_and_not_dead_ones():
+    opt = _sgd(_module())
+    sched = S.StepLR(opt, 5)
+    assert attached_schedulers(opt) == [sched]
+    assert attached_schedulers(opt, besides=[sched]) == []
+    other = S.ExponentialLR(opt, 0.9)
+    assert attached_schedulers(opt, besides=[sched]) == [other]
+    # a scheduler in a reference cycle, no longer reachable: the collector's to clear
+    cycle = S.ConstantLR(opt, 0.5, 3)
+    cycle.me = cycle
+    del cycle, other
+    assert attached_schedulers(opt, besides=[sched]) == []
 
 
 def test_refusals_name_what_they_refuse():

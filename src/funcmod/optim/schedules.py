@@ -83,10 +83,9 @@ def attached_schedulers(
     ``from_torch`` checks those signs too, for a scheduler already gone.
 
     A scheduler no longer referenced may still wait in a reference cycle for the collector, so
-    where the scan finds one outside ``besides``, it runs ``gc.collect()`` and scans again.
-    Only then: a full collection in a process holding JAX and torch took about 0.4 s, which
-    ``from_torch(opt, scheduler=s)`` paid on every call when this collected whenever ``s``
-    itself was found.
+    where the scan finds one outside ``besides``, it runs ``gc.collect()`` and scans again; only
+    then, because a full collection in a process holding JAX and torch takes a large fraction
+    of a second, and ``from_torch(opt, scheduler=s)`` passes ``s`` here as ``besides``.
     """
     from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
@@ -102,11 +101,10 @@ def attached_schedulers(
                     found.append(obj)
         return found
 
-    found = scan()
-    if found:
-        gc.collect()
-        found = scan()
-    return found
+    if not scan():
+        return []
+    gc.collect()  # after the first scan's list is gone: it would keep a dead scheduler alive
+    return scan()
 
 
 def _stand_in_copy(scheduler: Any) -> Any:
