@@ -48,8 +48,8 @@ def tuple_parity(
     def f(p, *xs):
         return _leaves(port.apply({"params": p}, *pack(xs), **kwargs))
 
-    # One compiled program for the forward pass and its VJP: op by op, a layer's few hundred
-    # primitives each compiled for their shapes cost 10-40x the compile of the whole.
+    # One compiled program for the forward pass and its VJP: op by op, each of a layer's few
+    # hundred primitives compiles for its shapes (the encoder test took 38 s that way, 16 s so).
     xs = [jnp.asarray(x) for x in inputs]
     rng = np.random.default_rng(seed)
     cots = [rng.standard_normal(o.shape).astype(dtype) for o in jax.eval_shape(f, params, *xs)]

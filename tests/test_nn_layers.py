@@ -357,7 +357,7 @@ def _check(name: str, torch_layer, flax_layer, inputs, dtype) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
-@settings(max_examples=4)  # each new configuration compiles anew (30 s of the suite per 2)
+@settings(max_examples=4)  # every configuration compiles anew: six took 30 s more of the suite
 @given(data=st.data())
 def test_forward_and_gradients_match_torch(name, data):
     """Four drawn configurations per layer, each in a drawn dtype (about 1 s of compiling per
