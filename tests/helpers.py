@@ -6,6 +6,9 @@ Import as ``from tests.helpers import ...`` (pytest puts the project root on ``s
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +17,7 @@ from flax import linen as nn
 
 from funcmod.precision import x64_for as x64
 
-__all__ = ["BatchNormNet", "jitted_update", "net_batches", "x64"]
+__all__ = ["BatchNormNet", "jitted_update", "net_batches", "net_state", "shared_dir", "x64"]
 
 
 class BatchNormNet(nn.Module):
@@ -79,3 +82,10 @@ def jitted_update(tx: optax.GradientTransformation):
         return optax.apply_updates(params, updates), state
 
     return step
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """One folder for every xdist worker of this run (the run's own one without xdist): what
+    the workers build once, under a file lock, and all read."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

@@ -41,7 +41,7 @@ from funcmod.train import (
     stack_batches,
 )
 from funcmod.tree import assert_trees_close
-from tests.helpers import net_batches, x64
+from tests.helpers import net_batches, shared_dir, x64
 from tests.helpers import net_state as batchnorm_net_state
 
 DTYPES = [np.float32, np.float64]
@@ -280,12 +280,6 @@ def test_parity_one_vs_eight_devices(tmp_path):
 # --- two processes ------------------------------------------------------------------------------
 
 
-def _shared_dir(tmp_path_factory) -> Path:
-    """One folder for every xdist worker of this run (the run's own one without xdist)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory) -> list[dict]:
     """``funcmod distributed train`` as two processes of 4 CPU devices each on
@@ -296,7 +290,7 @@ def two_process_runs(tmp_path_factory) -> list[dict]:
     first worker runs it under a file lock; the other waits and reads the same files."""
     from filelock import FileLock
 
-    logs = _shared_dir(tmp_path_factory) / "two-process-runs"
+    logs = shared_dir(tmp_path_factory) / "two-process-runs"
     outs = [logs / f"process{i}.json" for i in range(2)]
     with FileLock(f"{logs}.lock"):
         if not all(out.is_file() for out in outs):

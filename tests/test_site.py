@@ -29,6 +29,7 @@ pytest.importorskip("torch")
 
 from funcmod.articles import EXAMPLES
 from funcmod.tools import charts, cli, docsite
+from tests.helpers import shared_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api"
@@ -101,18 +102,11 @@ def _docstring(obj: object) -> str:
     return doc.strip()
 
 
-def _shared_dir(tmp_path_factory) -> Path:
-    """One folder for every xdist worker of this run (the run's own one without xdist), so the
-    site is built once per run, not once per worker."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     from filelock import FileLock
 
-    out = _shared_dir(tmp_path_factory) / "site-results"
+    out = shared_dir(tmp_path_factory) / "site-results"
     with FileLock(str(out) + ".lock"):
         if not (out / "compare.json").is_file():
             buf = io.StringIO()
@@ -128,7 +122,7 @@ def results(tmp_path_factory) -> Path:
 def site(tmp_path_factory, results) -> Path:
     from filelock import FileLock
 
-    site_dir = _shared_dir(tmp_path_factory) / "site"
+    site_dir = shared_dir(tmp_path_factory) / "site"
     with FileLock(str(site_dir) + ".lock"):
         if not (site_dir / "index.html").is_file():
             env = {**os.environ, docsite.RESULTS_ENV: str(results), "NO_MKDOCS_2_WARNING": "1"}
