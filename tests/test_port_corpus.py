@@ -148,7 +148,7 @@ def test_adamw_steps_in_step_with_torch(name, request):
         mutable = ["batch_stats"] if "batch_stats" in state else False
 
         @jax.jit
-        def step(params, state, opt_state, xs, cotangent):
+        def step(params, state, opt_state, gmax, xs, cotangent):
             def loss(p):
                 got = module.apply(
                     {"params": p, **state},
@@ -163,9 +163,10 @@ def test_adamw_steps_in_step_with_torch(name, request):
             grads, new_state = jax.grad(loss, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
-            return new_params, {**state, **new_state}, opt_state, jax.tree.map(jnp.abs, grads)
+            gmax = jax.tree.map(lambda m, g: jnp.maximum(m, jnp.abs(g)), gmax, grads)
+            return new_params, {**state, **new_state}, opt_state, gmax
 
-        jax_gmax = None
+        jax_gmax = jax.tree.map(jnp.zeros_like, params)  # the largest |gradient| so far
         for i in range(STEPS):
             args = entry.example_inputs(dtype=torch.float64, seed=100 + i)
             opt.zero_grad()
@@ -178,10 +179,9 @@ def test_adamw_steps_in_step_with_torch(name, request):
                 noise[n] &= p.grad.abs() <= RTOL["parity"][np.dtype(np.float64)] * scale
                 torch_gmax[n] = torch.maximum(torch_gmax[n], p.grad.abs())
             opt.step()
-            params, state, opt_state, gabs = step(
-                params, state, opt_state, _numpy_args(args), cotangent
+            params, state, opt_state, jax_gmax = step(
+                params, state, opt_state, jax_gmax, _numpy_args(args), cotangent
             )
-            jax_gmax = gabs if jax_gmax is None else jax.tree.map(jnp.maximum, jax_gmax, gabs)
         want = torch_to_flax(model)
         got = {"params": params, **state}
         compare_trees(got, want, rtol=TRAIN_RTOL)  # the same leaves and shapes
