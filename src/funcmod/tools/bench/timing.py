@@ -121,10 +121,11 @@ def time_interleaved(
     """
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    contexts = {name: (around or {}).get(name, contextlib.nullcontext) for name in names}
     with no_gc():
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                with (around or {}).get(name, contextlib.nullcontext)():
+                with contexts[name]():
                     t0 = time.perf_counter()
                     runs[name](steps[name])
                     seconds = time.perf_counter() - t0

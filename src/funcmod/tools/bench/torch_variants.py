@@ -14,6 +14,7 @@ torch on CPU runs synchronously, so ``run(n)`` returns when the steps are done.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,10 +48,6 @@ def _torch_runner(step: Callable[[], Any]) -> Callable[[int], None]:
     return run
 
 
-def _at_threads(threads: int) -> Callable[[], Any]:
-    return lambda: torch_threads(threads)
-
-
 def make_torch_variants(ex: Example, data: CaseData, config: BenchConfig) -> dict[str, Variant]:
     """torch eager (and torch.compile) at every thread count; each first called once at the
     first thread count (for torch.compile that first call compiles)."""
@@ -71,6 +68,6 @@ def make_torch_variants(ex: Example, data: CaseData, config: BenchConfig) -> dic
             first = time.perf_counter() - t0
         for threads in config.torch_threads:
             variants[f"{kind}_t{threads}"] = Variant(
-                _torch_runner(step), 1, first, around=_at_threads(threads)
+                _torch_runner(step), 1, first, around=functools.partial(torch_threads, threads)
             )
     return variants
