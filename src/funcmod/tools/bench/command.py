@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     or 2 when torch is missing or a setting is invalid: speed targets are reported, not
     enforced.
     """
-    if getattr(args, "retain_host_memory", False):
+    if args.retain_host_memory:
         try:
             if not retain_host_memory():
                 print("funcmod bench: no glibc mallopt here; host memory left as it is",
