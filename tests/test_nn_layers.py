@@ -416,6 +416,49 @@ def test_converted_tree_is_init_tree_and_round_trip_is_bitwise(name, data):
             assert value.dtype == before[key].dtype, key
 
 
+# (spatial axes, kernel, stride, padding, dilation, ceil_mode): ResNet's stem pool, overlapping
+# and dilated windows, a ceil_mode window overhanging the padding, 1-d.
+MAX_POOL_WINDOWS = [
+    (2, 3, 2, 1, 1, False),
+    (2, 3, 1, 1, 1, True),
+    (2, 2, None, 0, 2, True),
+    (1, 3, 2, 1, 2, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", MAX_POOL_WINDOWS, ids=str)
+def test_max_pool_routes_each_gradient_to_the_element_torch_picks(window, dtype):
+    """Ties (a ReLU's zeros), NaN and all -inf windows: the values and the gradient equal
+    torch's bitwise (integer cotangents, so overlapping windows' sums are exact whatever their
+    order). Each window's gradient goes to the first element equal to its maximum, or to the
+    last NaN; before the custom derivative, dilated windows split ties and NaN windows lost
+    their gradient."""
+    n, k, s, p, d, ceil = window
+    rng = np.random.default_rng(2)  # a seed whose NaNs fall in a window of every case
+    x = np.maximum(rng.integers(-3, 3, (2, 3) + (7,) * n), 0).astype(dtype)
+    x.flat[rng.choice(x.size, 8, replace=False)] = [np.nan] * 5 + [-np.inf] * 3
+    x[0, 0, :5] = -np.inf  # windows whose real elements are all -inf
+    pool = torch.nn.functional.max_pool1d if n == 1 else torch.nn.functional.max_pool2d
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = pool(tx, k, s, p, d, ceil)
+    cotangent = rng.integers(-4, 5, ty.shape).astype(dtype)
+    ty.backward(torch.from_numpy(cotangent))
+
+    def values_and_grad(x, cotangent):
+        y, vjp = jax.vjp(lambda x: fnn.functional.max_pool(x, k, s, p, d, ceil, n), x)
+        return y, vjp(cotangent)[0]
+
+    with x64(dtype):
+        y, grad = jax.jit(values_and_grad)(jnp.asarray(x), jnp.asarray(cotangent))
+        assert y.dtype == grad.dtype == dtype
+    expected_y = ty.detach().numpy()
+    assert np.isnan(expected_y).any() and np.isneginf(expected_y).any()
+    assert np.count_nonzero(tx.grad.numpy()) > 0
+    np.testing.assert_array_equal(np.asarray(y), expected_y)
+    np.testing.assert_array_equal(np.asarray(grad), tx.grad.numpy())
+
+
 if __name__ == "__main__":
     import sys
 
