@@ -343,3 +343,89 @@ def test_resnet_bench_times_the_same_resnet18_on_both_sides(capsys):
     json.dumps(result)
     assert main(["bench", "--resnet", "--resnet-batches", "0"]) == 2
     assert "batches" in capsys.readouterr().err
+
+
+def _jitted_run(fn, *args):
+    """``run(n)``: n calls of the jitted ``fn(*args)``, then a block on the last result."""
+
+    def run(n):
+        for _ in range(n):
+            out = fn(*args)
+        jax.block_until_ready(out)
+
+    run(1)  # compile outside any profile
+    return run
+
+
+def test_op_profile_counts_each_operation_once_per_step_and_finds_the_heavy_one():
+    from funcmod.tools.bench.profile import format_ops, op_kind, op_profile
+
+    a = jnp.ones((512, 512), jnp.float32)
+    v = jnp.arange(4.0)
+    run = _jitted_run(jax.jit(lambda a, v: (a @ a, v + 1.0)), a, v)
+    three, six = op_profile(run, 3), op_profile(run, 6)
+    assert three["steps"] == 3 and six["steps"] == 6
+    # per step: the same operations, each once, whatever the number of steps traced
+    assert {op["op"]: op["count"] for op in three["ops"]} == {
+        op["op"]: op["count"] for op in six["ops"]
+    }
+    assert all(op["count"] == 1 for op in three["ops"]) and len(three["ops"]) >= 2
+    assert three["total_ms"] == pytest.approx(sum(op["ms"] for op in three["ops"]))
+    heavy = three["ops"][0]  # largest first: the 512^3 matmul, not the 4-element add
+    assert heavy["ms"] >= 0.8 * three["total_ms"]
+    assert [op["ms"] for op in three["ops"]] == sorted(
+        (op["ms"] for op in three["ops"]), reverse=True
+    )
+    assert format_ops(three["ops"][:1], three["total_ms"]).startswith(f"{heavy['op']} x1 ")
+    assert op_kind("pad_slice_fusion.7") == "pad_slice_fusion" and op_kind("dot") == "dot"
+    with pytest.raises(RuntimeError, match="no XLA operation"):
+        op_profile(lambda n: None, 1)
+    with pytest.raises(ValueError, match="at least 1 step"):
+        op_profile(run, 0)
+
+
+def test_page_faults_counts_one_per_fresh_page():
+    """8 MB of fresh anonymous memory, huge pages refused, one byte written per 4 KB page:
+    2048 faults per step, plus the few the interpreter takes around them."""
+    import mmap
+
+    from funcmod.tools.bench.profile import page_faults
+
+    size, page = 8 * 2**20, mmap.PAGESIZE
+
+    def run(n):
+        for _ in range(n):
+            with mmap.mmap(-1, size) as buf:
+                buf.madvise(mmap.MADV_NOHUGEPAGE)
+                for offset in range(0, size, page):
+                    buf[offset] = 1
+
+    per_step = page_faults(run, 3)
+    assert size // page <= per_step < size // page + 100
+    with pytest.raises(ValueError, match="at least 1 step"):
+        page_faults(run, 0)
+
+
+def test_a_slower_case_is_explained_in_the_report(mlp_row):
+    """``bench_case`` explains a case only when the Flax step is slower than torch eager; the
+    explanation's measurements are real (``_why_slower`` on a jitted step), rendered per case."""
+    import copy
+
+    from funcmod.tools.bench import report, run
+    from funcmod.tools.bench.profile import TOP_OPS
+    from funcmod.tools.bench.variants import Variant
+
+    assert (mlp_row["why_slower"] is None) == (mlp_row["ratios"]["eager_over_step"] >= 1.0)
+    assert mlp_row["xla_bytes"] > 0
+    a = jnp.ones((256, 256), jnp.float32)
+    why = run._why_slower(Variant(_jitted_run(jax.jit(lambda a: a @ a), a)), 2)
+    assert set(why) == {"page_faults_per_step", "op_ms_per_step", "ops"}
+    assert why["page_faults_per_step"] >= 0 and 1 <= len(why["ops"]) <= TOP_OPS
+    row = copy.deepcopy(mlp_row)
+    row["why_slower"] = why
+    row["ratios"]["eager_over_step"] = 0.5
+    lines = report._why_slower_lines([row, mlp_row | {"why_slower": None}])
+    bullets = [line for line in lines if line.startswith("- ")]
+    assert len(bullets) == 1 and bullets[0].startswith("- MLP b4 (0.50x): XLA's step ")
+    assert f"{why['ops'][0]['op']} x1 " in bullets[0]
+    assert report._why_slower_lines([mlp_row | {"why_slower": None}]) == []

@@ -28,6 +28,8 @@ The modules, each depending only on those above it in this list:
 * ``machine``: the machine's description, load and matmul peak;
 * ``variants``, ``jax_variants``, ``torch_variants``: the timed steps of one case;
 * ``targets``: the speed targets and ``evaluate_targets``;
+* ``profile``: what a slower step spends its time on (XLA's operations from a profiler
+  trace, page faults per step);
 * ``run``: ``bench_case`` and ``run_bench``;
 * ``report``: markdown, the chart, ``write_results``;
 * ``convs``: the conv micro-benchmark (``funcmod bench --convs``), each lowering of

@@ -31,7 +31,7 @@ from funcmod.tools.bench.config import BenchConfig
 from funcmod.tools.bench.timing import CompileCounter
 from funcmod.tools.bench.variants import CaseData, Variant, twin_and_optimizer
 
-__all__ = ["JittedSteps", "jitted_steps", "make_jax_variants"]
+__all__ = ["JittedSteps", "StepCost", "jitted_steps", "make_jax_variants"]
 
 
 def _pure_step(
@@ -83,11 +83,19 @@ def _first_call(call: Callable[[], Any]) -> tuple[float, dict[str, float]]:
     return seconds, dict(counter.seconds)
 
 
+class StepCost(NamedTuple):
+    """XLA's cost analysis of the compiled ``flax_step``: its FLOPs and the bytes its
+    operations read and write."""
+
+    flops: float
+    bytes_accessed: float
+
+
 def make_jax_variants(
     ex: Example, data: CaseData, config: BenchConfig
-) -> tuple[dict[str, Variant], float]:
+) -> tuple[dict[str, Variant], StepCost]:
     """The JAX variants of ``config.jax_variants``, each already called once (that first call
-    traces and compiles); and XLA's FLOP count of one ``flax_step``.
+    traces and compiles); and XLA's cost analysis of one ``flax_step``.
 
     The FLOP count is XLA's cost analysis of the compiled step: the work in XLA's program,
     recomputation included. It is the one count every variant's GFLOP/s are computed from.
@@ -119,7 +127,8 @@ def make_jax_variants(
     seconds, detail = _first_call(lambda: jax.block_until_ready(step_once()))
     variants["flax_step"] = Variant(run_steps, 1, seconds, detail)
     compiled = train_step.lower(holder["state"], batch).compile()  # the cached executable
-    flops = float(compiled.cost_analysis()["flops"])
+    analysis = compiled.cost_analysis()
+    cost = StepCost(float(analysis["flops"]), float(analysis.get("bytes accessed", 0.0)))
 
     if "flax_bound" in config.jax_variants:
         variants["flax_bound"] = _bound_variant(model, variables, tx, batch)
@@ -127,7 +136,7 @@ def make_jax_variants(
         variants["flax_scan"] = _scan_variant(model, variables, tx, batch, config)
     if "pure_jax" in config.jax_variants:
         variants["pure_jax"] = _pure_variant(model, variables, tx, data)
-    return variants, flops
+    return variants, cost
 
 
 def _bound_variant(

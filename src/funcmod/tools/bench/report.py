@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from funcmod.tools.bench.config import JAX_VARIANTS, case_label
+from funcmod.tools.bench.profile import format_ops
 from funcmod.tools.bench.timing import format_seconds
 
 __all__ = ["plot_ratios", "render_markdown", "write_results"]
@@ -92,6 +93,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "of the compiled step over its median time. 1st call: trace, compile and one step "
         "(torch.compile's is short when inductor's on-disk cache is warm from an earlier run).",
         "",
+        *_why_slower_lines(rows),
         "| target | result | worst case |",
         "|---|---|---|",
     ]
@@ -100,6 +102,42 @@ def render_markdown(result: dict[str, Any]) -> str:
         worst = "-" if t["worst"] is None else f"{t['worst']:.3g} ({t['worst_case']})"
         lines.append(f"| {t['description']} | {status} | {worst} |")
     return "\n".join(lines) + "\n"
+
+
+def _why_slower_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One bullet per case whose Flax step is slower than torch eager, from its measurements
+    (``bench_case``'s ``why_slower``); nothing when there is none."""
+    slower = [r for r in rows if r.get("why_slower")]
+    if not slower:
+        return []
+    lines = [
+        "Why a Flax step is slower than torch eager, measured after the timed rounds: XLA's "
+        "cost analysis of the compiled step, the process's minor page faults per step, the "
+        "scanned epoch's time per step (as a fraction of the step's: what is left without a "
+        "dispatch and fresh buffers per step), and a profiler trace of XLA's operations "
+        "(milliseconds per step summed over threads, the largest kinds).",
+        "",
+    ]
+    for r in slower:
+        why, v = r["why_slower"], r["variants"]
+        step_s = v["flax_step"]["step_s"]
+        torch_s = v[r["best_torch"]["torch_eager"]]["step_s"]
+        gflop = r["flops"] / 1e9
+        parts = [
+            f"XLA's step {gflop:.3g} GFLOP and {r['xla_bytes'] / 2**20:.0f} MiB accessed, "
+            f"{gflop / step_s:.1f} GFLOP/s (torch eager {gflop / torch_s:.1f} at the same FLOPs)",
+            f"{why['page_faults_per_step']:,.0f} page faults per step",
+        ]
+        if "flax_scan" in v:
+            scan_s = v["flax_scan"]["step_s"]
+            parts.append(
+                f"scanned {format_seconds(scan_s)} a step ({scan_s / step_s:.2f}x the step)"
+            )
+        total = why["op_ms_per_step"]
+        parts.append(f"XLA's operations {total:.2f} ms a step: {format_ops(why['ops'], total)}")
+        ratio = r["ratios"]["eager_over_step"]
+        lines.append(f"- {case_label(r)} ({ratio:.2f}x): " + "; ".join(parts) + ".")
+    return [*lines, ""]
 
 
 def plot_ratios(result: dict[str, Any], path: str | Path) -> Path:

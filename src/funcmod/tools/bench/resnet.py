@@ -32,6 +32,7 @@ import numpy as np
 from flax import linen
 
 from funcmod import nn as fnn
+from funcmod.tools.bench.profile import TOP_OPS, format_ops, op_profile, page_faults
 from funcmod.tools.bench.timing import (
     format_seconds,
     steps_per_measurement,
@@ -266,6 +267,7 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
     torch_run = _torch_step(twin, torch.from_numpy(x), torch.from_numpy(labels))
 
     times: dict[str, float] = {}
+    flax_steps = 1
     for i, threads in enumerate(config.torch_threads):
         with torch_threads(threads):
             runs = {f"torch_t{threads}": torch_run}
@@ -277,6 +279,7 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
             for run in runs.values():
                 run(1)  # warm
             steps = {k: steps_per_measurement(r, min_time=config.min_time) for k, r in runs.items()}
+            flax_steps = steps.get("flax_step", flax_steps)
             samples = time_interleaved(runs, steps, config.rounds)
         times.update({k: statistics.median(v) for k, v in samples.items()})
     best = min((k for k in times if k.startswith("torch_t")), key=times.__getitem__)
@@ -293,18 +296,24 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
         "xla_flops": float(cost.get("flops", 0.0)),
         "xla_bytes": float(cost.get("bytes accessed", 0.0)),
     }
-    row["why_slower"] = None if ratio >= 1.0 else _why_slower(row)
+    row["why_slower"] = None if ratio >= 1.0 else _why_slower(row, flax_run, flax_steps)
     return row
 
 
-def _why_slower(row: dict[str, Any]) -> str:
-    """The compiled step's own rates: XLA's FLOPs and bytes over the measured median, against
-    torch's rate on the same FLOPs."""
+def _why_slower(row: dict[str, Any], flax_run: Callable[[int], None], steps: int) -> str:
+    """The compiled step's own rates (XLA's FLOPs and bytes over the measured median, against
+    torch's rate on the same FLOPs), then measured over ``steps`` more Flax steps each: the
+    page faults per step and the largest kinds of XLA operation (``profile.op_profile``)."""
     flax_s, torch_s = row["times"]["flax_step"], row["times"]["torch_eager"]
     gflops = row["xla_flops"] / 1e9
+    faults = page_faults(flax_run, steps)
+    profile = op_profile(flax_run, steps)
+    total = profile["total_ms"]
     return (
         f"XLA's step: {gflops:.2f} GFLOP and {row['xla_bytes'] / 2**20:.0f} MiB accessed, "
-        f"{gflops / flax_s:.1f} GFLOP/s; torch at the same FLOPs {gflops / torch_s:.1f} GFLOP/s"
+        f"{gflops / flax_s:.1f} GFLOP/s; torch at the same FLOPs {gflops / torch_s:.1f} "
+        f"GFLOP/s; {faults:,.0f} page faults per step; XLA's operations {total:.1f} ms a step "
+        f"(summed over threads): {format_ops(profile['ops'][:TOP_OPS], total)}"
     )
 
 

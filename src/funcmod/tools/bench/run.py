@@ -13,6 +13,10 @@ FLOPs per step come from XLA's cost analysis of the compiled Flax step; the same
 every variant's time, so the GFLOP/s columns compare like the times do. ``run_bench`` sets them
 against the machine's matmul peak, measured in the same run, and records the load average before
 and after.
+
+Where the Flax step is slower than torch eager, ``bench_case`` then measures why, after the
+timed rounds (so that nothing it does disturbs them): the page faults per Flax step and a
+profile of XLA's operations over as many steps as one measurement took (``profile``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from funcmod.tools.bench.config import (
 )
 from funcmod.tools.bench.jax_variants import make_jax_variants
 from funcmod.tools.bench.machine import load_average, machine_info, measure_matmul_peak
+from funcmod.tools.bench.profile import TOP_OPS, op_profile, page_faults
 from funcmod.tools.bench.targets import evaluate_targets
 from funcmod.tools.bench.timing import (
     CompileCounter,
@@ -46,7 +51,7 @@ from funcmod.tools.bench.timing import (
     time_interleaved,
 )
 from funcmod.tools.bench.torch_variants import make_torch_variants
-from funcmod.tools.bench.variants import make_data
+from funcmod.tools.bench.variants import Variant, make_data
 
 __all__ = ["bench_case", "run_bench"]
 
@@ -59,11 +64,14 @@ def bench_case(case: Case, config: BenchConfig) -> dict[str, Any]:
       ``step_s_quartiles``, ``steps_per_measurement``, ``first_call_s`` (and its JAX
       breakdown), ``gflops``; ``best_torch`` and the ``ratios`` between the variants;
       ``recompiles`` during the timed rounds (0 unless a jitted step failed to reuse its
-      compile).
+      compile); ``xla_bytes``, the bytes the compiled Flax step's operations access; and
+      ``why_slower``: None when the Flax step is at least as fast as torch eager, else
+      ``{'page_faults_per_step', 'op_ms_per_step', 'ops'}`` (``_why_slower``).
     """
     ex = EXAMPLES[case.example]
     data = make_data(ex, case, config.seed)
-    jax_variants, flops = make_jax_variants(ex, data, config)
+    jax_variants, cost = make_jax_variants(ex, data, config)
+    flops = cost.flops
     variants = {**jax_variants, **make_torch_variants(ex, data, config)}
     steps = {}
     for name, v in variants.items():
@@ -93,17 +101,35 @@ def bench_case(case: Case, config: BenchConfig) -> dict[str, Any]:
             "gflops": flops / median / 1e9,
         }
     best = _best_torch(results)
+    ratios = _ratios(results, best)
+    slower = ratios.get("eager_over_step", 1.0) < 1.0
     return {
         "example": case.example,
         "batch": case.batch,
         "image_size": case.image_size,
         "small": not has_images(ex),
         "flops": flops,
+        "xla_bytes": cost.bytes_accessed,
         "scan_steps": variants["flax_scan"].per_call if "flax_scan" in variants else None,
         "variants": results,
         "best_torch": best,
-        "ratios": _ratios(results, best),
+        "ratios": ratios,
         "recompiles": counter.compiles,
+        "why_slower": _why_slower(variants["flax_step"], steps["flax_step"]) if slower else None,
+    }
+
+
+def _why_slower(step: Variant, steps: int) -> dict[str, Any]:
+    """Measured over ``steps`` Flax steps each: the page faults per step and the ``TOP_OPS``
+    largest kinds of XLA operation (``profile.op_profile``: milliseconds per step summed over
+    threads), with the total of all operations."""
+    with step.around():
+        faults = page_faults(step.run, steps)
+        profile = op_profile(step.run, steps)
+    return {
+        "page_faults_per_step": faults,
+        "op_ms_per_step": profile["total_ms"],
+        "ops": profile["ops"][:TOP_OPS],
     }
 
 
