@@ -329,20 +329,26 @@ def test_resnet_bench_times_the_same_resnet18_on_both_sides(capsys):
     twin = resnet.TorchResNet18()
     assert sum(p.numel() for p in twin.parameters()) == 11_181_642
     config = resnet.ResNetBenchConfig(
-        batches=(2,), size=64, rounds=1, min_time=0.001, torch_threads=(1,)
+        batches=(2,), size=64, rounds=1, min_time=0.001, torch_threads=(1,), tune_convs=True
     )
     result = resnet.run_resnet_bench(config)
     (row,) = result["rows"]
     assert row["parity_rel"] <= 1e-5  # float32 train-mode logits against torch's
     t = row["times"]
-    assert set(t) == {"flax_step", "torch_t1", "torch_eager"} and all(v > 0 for v in t.values())
+    assert set(t) == {"flax_step", "flax_tuned", "torch_t1", "torch_eager"}
+    assert all(v > 0 for v in t.values())
     assert row["eager_over_step"] == pytest.approx(t["torch_eager"] / t["flax_step"])
+    # the tuned step measured each of the ResNet-18's 11 distinct convolutions once
+    assert row["tuned_convs"] == len(row["tuned_plans"]) == 11
+    assert row["eager_over_tuned"] == pytest.approx(t["torch_eager"] / t["flax_tuned"])
     assert (row["why_slower"] is None) == (row["eager_over_step"] >= 1.0)
     assert row["xla_flops"] > 0 and row["xla_bytes"] > 0
     assert "| ResNet-18 b2 64x64 |" in resnet.render_resnet_markdown(result)
     json.dumps(result)
     assert main(["bench", "--resnet", "--resnet-batches", "0"]) == 2
     assert "batches" in capsys.readouterr().err
+    assert main(["bench", "--tune-convs"]) == 2
+    assert "--tune-convs applies to --resnet only" in capsys.readouterr().err
 
 
 def _jitted_run(fn, *args):

@@ -5,7 +5,8 @@
 * ``funcmod.nn.nnx_layers``: the same for Flax NNX.
 * ``funcmod.nn.conv``: the convolution those layers run, its CPU lowering chosen per pass by
   shape: ``funcmod.nn.conv_rule`` (the rule, ``Plan``) picks among ``funcmod.nn.conv_lowerings``
-  (lax, a direct few-tap sum, a depthwise sum, patches times kernel).
+  (lax, a direct few-tap sum, a depthwise sum, patches times kernel); ``funcmod.nn.conv_tune``
+  measures the plans on this machine instead (``tuned_plans``).
 * ``funcmod.nn.interop``: one parameter tree for Linen and NNX (``linen_params``,
   ``load_linen_params``, ``LinenView``).
 

@@ -21,6 +21,10 @@ function that JAX transposes in reverse mode: ``patches(dx, k)`` transposes into
 derivatives and ``vmap`` work as for ``lax.conv_general_dilated``; a tangent that is a
 symbolic zero (the input, when only the parameters are differentiated) costs nothing.
 
+Where the rule's measurements do not hold (another CPU), ``plan_source`` lets a function pick
+each convolution's plan while a function is traced; ``funcmod.nn.conv_tune.tuned_plans`` is
+such a source, measuring each convolution's passes on this machine.
+
 Only CPU changes: ``lax.platform_dependent`` lowers ``lax.conv_general_dilated`` unchanged on
 every other backend (GPU, TPU). Any other configuration (not 2-D NHWC / HWIO, an input
 dilation as in transposed convolutions, ``batch_group_count``, ``preferred_element_type``,
@@ -36,8 +40,10 @@ Pass it to Flax as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``;
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -58,7 +64,15 @@ from funcmod.nn.conv_lowerings import (
 )
 from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, Plan, check_plan, choose_plan
 
-__all__ = ["LOWERINGS", "MAX_DIRECT_TAPS", "Plan", "conv_general_dilated", "conv_plan"]
+__all__ = [
+    "LOWERINGS",
+    "MAX_DIRECT_TAPS",
+    "Plan",
+    "PlanSource",
+    "conv_general_dilated",
+    "conv_plan",
+    "plan_source",
+]
 
 _FORWARD = {"lax": lax_conv, "direct": direct, "depthwise": depthwise, "patches": patches}
 _INPUT_TANGENT = {**_FORWARD, "depthwise": depthwise_input_tangent}
@@ -196,6 +210,7 @@ def conv_general_dilated(
         ``preferred_element_type``.
       plan: overrides the rule's choice (the benchmark times every lowering this way); it
         must be valid for the shapes (``conv_rule.valid_lowerings``), else ValueError.
+        Without it, the rule's plan, or within ``plan_source`` the source's.
 
     Returns:
       the convolution, (N, Ho, Wo, O).
@@ -220,6 +235,29 @@ def conv_general_dilated(
             preferred_element_type=preferred_element_type,
         )
     spec, rule_plan = chosen
-    if plan is not None:
-        check_plan(plan, tuple(lhs.shape), tuple(rhs.shape), spec)
-    return _conv(lhs, rhs, spec, plan or rule_plan)
+    if plan is None:
+        source = _PLAN_SOURCE.get()
+        plan = rule_plan if source is None else source(lhs, rhs, spec, rule_plan)
+    check_plan(plan, tuple(lhs.shape), tuple(rhs.shape), spec)
+    return _conv(lhs, rhs, spec, plan)
+
+
+PlanSource = Callable[[Any, Any, ConvSpec, Plan], Plan]
+# Where a convolution given no plan takes it from, when not from the rule: a function of
+# (lhs, rhs, spec, rule's plan), ``lhs`` and ``rhs`` with ``shape`` and ``dtype``.
+_PLAN_SOURCE: contextvars.ContextVar[PlanSource | None] = contextvars.ContextVar(
+    "funcmod_conv_plan_source", default=None
+)
+
+
+@contextlib.contextmanager
+def plan_source(source: PlanSource) -> Iterator[None]:
+    """While the context is open, a convolution that ``conv_general_dilated`` would lower by the
+    rule (no ``plan`` given) takes ``source(lhs, rhs, spec, rule_plan)`` instead, checked like a
+    given plan. It acts when a function is traced: a jitted function traced before the context
+    keeps the plans of its trace (``funcmod.nn.conv_tune.tuned_plans`` builds on this)."""
+    token = _PLAN_SOURCE.set(source)
+    try:
+        yield
+    finally:
+        _PLAN_SOURCE.reset(token)

@@ -70,6 +70,12 @@ def add_parser(subparsers: Any) -> None:
         help="the ResNet-18's batch sizes (default 2 32; inputs 64x64)",
     )
     p.add_argument(
+        "--tune-convs",
+        action="store_true",
+        help="with --resnet: also time the step with every convolution's plan measured on "
+        "this machine (funcmod.nn.conv_tune.tuned_plans) instead of the rule's",
+    )
+    p.add_argument(
         "--conv-inputs",
         nargs="+",
         metavar="SIZExBATCH",
@@ -119,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError:
         print("funcmod bench needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
+        return 2
+    if getattr(args, "tune_convs", False) and not getattr(args, "resnet", False):
+        print("funcmod bench: --tune-convs applies to --resnet only", file=sys.stderr)
         return 2
     try:
         config = None if getattr(args, "corpus", False) else _config(args)
@@ -202,6 +211,7 @@ def _run_resnet(args: argparse.Namespace, as_json: bool, outdir: str | None) -> 
         "rounds": args.rounds,
         "min_time": args.min_time,
         "torch_threads": tuple(args.torch_threads) if args.torch_threads else None,
+        "tune_convs": bool(getattr(args, "tune_convs", False)) or None,
     }
     try:
         config = ResNetBenchConfig(**{k: v for k, v in given.items() if v is not None})

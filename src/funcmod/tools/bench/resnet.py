@@ -16,6 +16,10 @@ numbers timed are the same computation. Timing is interleaved in rounds like ``f
 torch runs at each of ``torch_threads`` intra-op threads and the faster is its figure. Where the
 Flax step is slower, the row carries XLA's cost analysis of the compiled step (FLOPs and bytes
 accessed against the convolutions' own) as the measured reason.
+
+With ``tune_convs`` (``--tune-convs``), the same step traced inside
+``funcmod.nn.conv_tune.tuned_plans`` (every convolution's plan measured on this machine instead
+of the rule's) is timed beside it, as ``flax_tuned``; its first call includes the measuring.
 """
 
 from __future__ import annotations
@@ -193,7 +197,8 @@ class FlaxResNet18(linen.Module):
 class ResNetBenchConfig:
     """What ``run_resnet_bench`` times: each of ``batches`` at ``size`` x ``size`` inputs,
     ``rounds`` interleaved rounds of about ``min_time`` seconds, torch at each of
-    ``torch_threads`` intra-op thread counts (the faster kept), weights and data from ``seed``."""
+    ``torch_threads`` intra-op thread counts (the faster kept), weights and data from ``seed``;
+    with ``tune_convs`` also the step with measured convolution plans (``flax_tuned``)."""
 
     batches: tuple[int, ...] = (2, 32)
     size: int = 64
@@ -201,6 +206,7 @@ class ResNetBenchConfig:
     min_time: float = 0.2
     torch_threads: tuple[int, ...] = (1, 2)
     seed: int = 0
+    tune_convs: bool = False
 
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1 or self.size < 32:
@@ -259,9 +265,26 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
             holder["state"], metrics = step(holder["state"], flax_batch)
         jax.block_until_ready((holder["state"].params, metrics))
 
+    # built before any step donates the variables' buffers
+    tuned_run = _tuned_step(model, variables, tx, flax_batch) if config.tune_convs else None
     t0 = time.perf_counter()
     flax_run(1)
     first = {"flax_step": time.perf_counter() - t0}
+    jax_runs: dict[str, Callable[[int], None]] = {"flax_step": flax_run}
+    tuned: dict[str, Any] = {}
+    if tuned_run is not None:
+        from funcmod.nn.conv_tune import PlanCache, tuned_plans
+
+        cache = PlanCache()
+        t0 = time.perf_counter()
+        with tuned_plans(cache):
+            tuned_run(1)  # the trace measures each distinct convolution
+        first["flax_tuned"] = time.perf_counter() - t0
+        jax_runs["flax_tuned"] = tuned_run
+        tuned = {
+            "tuned_convs": cache.measured,
+            "tuned_plans": {k: list(v) for k, v in cache.plans.items()},
+        }
     compiled = step.lower(holder["state"], flax_batch).compile()
     cost = compiled.cost_analysis()
     torch_run = _torch_step(twin, torch.from_numpy(x), torch.from_numpy(labels))
@@ -271,8 +294,8 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
     for i, threads in enumerate(config.torch_threads):
         with torch_threads(threads):
             runs = {f"torch_t{threads}": torch_run}
-            if i == 0:  # the Flax step interleaved with torch at its first thread count
-                runs = {"flax_step": flax_run, **runs}
+            if i == 0:  # the Flax steps interleaved with torch at its first thread count
+                runs = {**jax_runs, **runs}
             t0 = time.perf_counter()
             torch_run(1)
             first.setdefault("torch_eager", time.perf_counter() - t0)
@@ -295,9 +318,31 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
         "eager_over_step": ratio,
         "xla_flops": float(cost.get("flops", 0.0)),
         "xla_bytes": float(cost.get("bytes accessed", 0.0)),
+        **tuned,
     }
+    if "flax_tuned" in times:
+        row["eager_over_tuned"] = times["torch_eager"] / times["flax_tuned"]
     row["why_slower"] = None if ratio >= 1.0 else _why_slower(row, flax_run, flax_steps)
     return row
+
+
+def _tuned_step(model: Any, variables: Any, tx: Any, batch: Any) -> Callable[[int], None]:
+    """``run(n)`` of a second ``make_train_step`` on its own copy of the variables, to be
+    traced (its first call) inside ``tuned_plans``."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcmod.train import create_train_state, make_train_step, softmax_cross_entropy
+
+    step = make_train_step(softmax_cross_entropy, apply_kwargs={"train": True})
+    holder = {"state": create_train_state(model, jax.tree.map(jnp.copy, variables), tx)}
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            holder["state"], metrics = step(holder["state"], batch)
+        jax.block_until_ready((holder["state"].params, metrics))
+
+    return run
 
 
 def _why_slower(row: dict[str, Any], flax_run: Callable[[int], None], steps: int) -> str:
@@ -352,11 +397,11 @@ def run_resnet_bench(
 def render_resnet_markdown(result: dict[str, Any]) -> str:
     """One row per batch: medians per step, the ratio, first calls, parity, the reason where
     slower."""
-    lines = [
-        "| case | torch eager | Flax step | eager / step | Flax first call | logits rel. err "
-        "| where slower |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    tuned = any("flax_tuned" in row["times"] for row in result["rows"])
+    head = ["case", "torch eager", "Flax step", "eager / step"]
+    head += ["Flax tuned", "eager / tuned", "tuned first call (convs measured)"] if tuned else []
+    head += ["Flax first call", "logits rel. err", "where slower"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         t = row["times"]
         cells = [
@@ -364,6 +409,18 @@ def render_resnet_markdown(result: dict[str, Any]) -> str:
             f"{format_seconds(t['torch_eager'])} ({row['best_torch'].removeprefix('torch_')})",
             format_seconds(t["flax_step"]),
             f"{row['eager_over_step']:.2f}x",
+        ]
+        if tuned:
+            cells += (
+                [
+                    format_seconds(t["flax_tuned"]),
+                    f"{row['eager_over_tuned']:.2f}x",
+                    f"{row['first_call_s']['flax_tuned']:.1f} s ({row['tuned_convs']})",
+                ]
+                if "flax_tuned" in t
+                else ["-", "-", "-"]
+            )
+        cells += [
             f"{row['first_call_s']['flax_step']:.1f} s",
             f"{row['parity_rel']:.1e}",
             row["why_slower"] or "",

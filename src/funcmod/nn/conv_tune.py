@@ -1,0 +1,288 @@
+"""Convolution plans measured on this machine: each pass timed with every lowering that computes
+it, the fastest kept. The alternative to ``funcmod.nn.conv_rule``'s rule where this CPU is not
+the one the rule was measured on.
+
+The rule's thresholds come from measurements on one machine, and the fastest lowering of a pass
+depends on the CPU: on an Intel Xeon with AVX-512 (2026-12-02), lax's kernel gradient was
+1.2-2.2x faster than the rule's patches on four of ResNet-18's layers at batch 2, where the
+AMD EPYC the rule was measured on had patches 1.3-2.2x faster (``docs/pitfalls.md``, "The rule
+on another CPU"). So, like cuDNN's benchmark mode in PyTorch, ``tuned_plans`` measures instead
+of predicting::
+
+    from funcmod.nn.conv_tune import PlanCache, tuned_plans
+
+    with tuned_plans(PlanCache("conv_plans.json")):
+        state, metrics = train_step(state, batch)  # the first call traces: new shapes are timed
+
+While the context is open, every convolution ``funcmod.nn.conv.conv_general_dilated`` would
+lower by the rule takes the plan measured for its shapes, dtype and ``ConvSpec``; a convolution
+not yet in the cache is measured when it is traced (``measure_plan``: each pass alone, forward,
+input gradient and kernel gradient, with each lowering valid for it, on random data of its
+shapes, interleaved over ``rounds``; the median decides). A jitted function traced before the
+context keeps the plans of that trace: trace it (call it first) inside. Off CPU the rule's plan
+is kept (every plan lowers to ``lax.conv_general_dilated`` there).
+
+Measuring costs compiles: about 0.1-0.5 s per lowering and pass, some tens of seconds for a
+ResNet-18's distinct convolutions; a ``PlanCache`` with a path keeps the plans in a JSON file
+for the next process on the same machine (it holds the machine's description and starts empty
+on another). Every lowering meets the same parity targets against torch
+(``tests/test_conv.py``), so a tuned plan changes the speed, not the numbers beyond float
+reassociation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from funcmod.nn.conv import Plan, conv_general_dilated, plan_source
+from funcmod.nn.conv_lowerings import NHWC, ConvSpec, output_size
+from funcmod.nn.conv_rule import MAX_DIRECT_TAPS, valid_lowerings
+
+__all__ = [
+    "PASSES",
+    "PlanCache",
+    "candidate_lowerings",
+    "machine_key",
+    "measure_plan",
+    "tuned_plans",
+]
+
+PASSES = ("forward", "input_grad", "kernel_grad")  # Plan's fields, in order
+_FORMAT = "funcmod.conv_plans/1"
+
+Shape = tuple[int, ...]
+# (a function of the arrays, its arguments) -> seconds per call; measure_plan's default times
+Timer = Callable[[dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]], dict[str, float]]
+
+
+def candidate_lowerings(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> tuple[str, ...]:
+    """The lowerings ``measure_plan`` times: those valid for the shapes
+    (``conv_rule.valid_lowerings``), the direct sum only up to ``MAX_DIRECT_TAPS`` taps (its
+    unrolled loop compiles slowly beyond)."""
+    kh, kw, c_group, _ = rhs_shape
+    valid = valid_lowerings(lhs_shape, rhs_shape, spec)
+    return tuple(n for n in valid if n != "direct" or kh * kw * c_group <= MAX_DIRECT_TAPS)
+
+
+def machine_key() -> str:
+    """What a plan's measurement depends on besides the shapes: the CPU, the cores JAX sees,
+    jax and jaxlib."""
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__}; jaxlib {jaxlib.__version__}"
+
+
+def _interleaved_times(
+    calls: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]],
+    rounds: int = 5,
+    min_time: float = 0.005,
+) -> dict[str, float]:
+    """Median seconds per call of each ``fn(*args)``: each called once (compiling) and timed
+    once to size its measurement (enough calls for ``min_time``), then ``rounds`` rounds in
+    which every one takes its turn."""
+    counts = {}
+    for name, (fn, args) in calls.items():
+        jax.block_until_ready(fn(*args))
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        counts[name] = max(1, min(100, math.ceil(min_time / max(time.perf_counter() - t0, 1e-7))))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (fn, args) in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(counts[name]):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            samples[name].append((time.perf_counter() - t0) / counts[name])
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def measure_plan(
+    lhs_shape: Shape,
+    rhs_shape: Shape,
+    spec: ConvSpec,
+    dtype: Any = jnp.float32,
+    *,
+    timer: Timer | None = None,
+    seed: int = 0,
+) -> tuple[Plan, dict[str, dict[str, float]]]:
+    """The fastest lowering of each pass of this convolution on this machine.
+
+    Each pass is timed alone, as in ``funcmod bench --convs``: the forward pass; the input
+    gradient and the kernel gradient each as the gradient of ``<conv(x, k), ct>`` for a fixed
+    cotangent (the forward pass and the other gradient eliminated as dead code), the other
+    passes lax.
+
+    Args:
+      lhs_shape: the input's shape (N, H, W, C).
+      rhs_shape: the kernel's shape (kh, kw, C/groups, O).
+      spec: the convolution's ``ConvSpec``.
+      dtype: the operands' floating dtype.
+      timer: ``{name: (fn, args)} -> {name: seconds per call}``; default: compile each, then
+        medians over 5 interleaved rounds of at least 5 ms each.
+      seed: the random operands' seed.
+
+    Returns:
+      the plan and, per pass, the seconds of each candidate lowering.
+    """
+    # Called while an outer function is traced (a jitted step's first call), arrays made here
+    # and the jitted calls on them would be staged into that trace instead of run, and the
+    # timer would time tracing: compile-time evaluation runs them.
+    with jax.ensure_compile_time_eval():
+        return _measure_plan(lhs_shape, rhs_shape, spec, dtype, timer, seed)
+
+
+def _measure_plan(
+    lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec, dtype: Any, timer: Timer | None, seed: int
+) -> tuple[Plan, dict[str, dict[str, float]]]:
+    names = candidate_lowerings(lhs_shape, rhs_shape, spec)
+    kh, kw, _, out = rhs_shape
+    ho = output_size(lhs_shape[1], kh, spec.strides[0], spec.dilation[0], spec.padding[0])
+    wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
+    rng = np.random.default_rng(seed)
+    x, k, ct = (
+        jnp.asarray(rng.standard_normal(shape), dtype)
+        for shape in (lhs_shape, rhs_shape, (lhs_shape[0], ho, wo, out))
+    )
+
+    def conv(plan: Plan) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        return lambda x, k: conv_general_dilated(
+            x,
+            k,
+            spec.strides,
+            spec.padding,
+            None,
+            spec.dilation,
+            NHWC,
+            spec.groups,
+            precision=spec.precision,
+            plan=plan,
+        )
+
+    def gradient(plan: Plan, argnum: int) -> Callable[..., jax.Array]:
+        return jax.grad(lambda x, k, ct: jnp.vdot(conv(plan)(x, k), ct), argnums=argnum)
+
+    calls = {}
+    for name in names:
+        calls[f"forward:{name}"] = (jax.jit(conv(Plan(name, "lax", "lax"))), (x, k))
+        calls[f"input_grad:{name}"] = (jax.jit(gradient(Plan("lax", name, "lax"), 0)), (x, k, ct))
+        calls[f"kernel_grad:{name}"] = (jax.jit(gradient(Plan("lax", "lax", name), 1)), (x, k, ct))
+    times = (timer or _interleaved_times)(calls)
+    missing = sorted(set(calls) - set(times))
+    if missing:
+        raise ValueError(f"the timer returned no time for {missing}")
+    per_pass = {p: {name: float(times[f"{p}:{name}"]) for name in names} for p in PASSES}
+    plan = Plan(*(min(per_pass[p], key=per_pass[p].__getitem__) for p in PASSES))
+    return plan, per_pass
+
+
+def _key(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec, dtype: Any) -> str:
+    """A cache key: the shapes, the spec and the dtype, as a string (a JSON object's key)."""
+    return json.dumps(
+        [
+            list(lhs_shape),
+            list(rhs_shape),
+            [list(spec.strides), [list(p) for p in spec.padding]],
+            list(spec.dilation),
+            spec.groups,
+            str(spec.precision),
+            jnp.dtype(dtype).name,
+        ]
+    )
+
+
+class PlanCache:
+    """Measured plans by convolution (shapes, ``ConvSpec``, dtype), optionally kept in a JSON
+    file.
+
+    With ``path``, an existing file is read on construction (a file written on another machine,
+    ``machine_key()``, is ignored: its plans were measured elsewhere; a file that is not a plan
+    cache raises ValueError) and rewritten after each new measurement, atomically (a temporary
+    file renamed over it). ``measured`` counts the measurements this cache has made.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None):
+        self.path = None if path is None else Path(path)
+        self.machine = machine_key()
+        self.plans: dict[str, Plan] = {}
+        self.measured = 0
+        if self.path is not None and self.path.exists():
+            self._load(self.path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+            ok = data.get("format") == _FORMAT and isinstance(data.get("plans"), dict)
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path} is not a convolution plan cache (format {_FORMAT!r})")
+        if data.get("machine") == self.machine:
+            self.plans = {key: Plan(*plan) for key, plan in data["plans"].items()}
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        data = {"format": _FORMAT, "machine": self.machine, "plans": dict(self.plans)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, self.path)
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def plan(
+        self,
+        lhs_shape: Shape,
+        rhs_shape: Shape,
+        spec: ConvSpec,
+        dtype: Any,
+        timer: Timer | None = None,
+    ) -> Plan:
+        """The plan for this convolution: the cached one, else ``measure_plan``'s (then
+        cached)."""
+        key = _key(lhs_shape, rhs_shape, spec, dtype)
+        if key not in self.plans:
+            self.plans[key], _ = measure_plan(lhs_shape, rhs_shape, spec, dtype, timer=timer)
+            self.measured += 1
+            self._save()
+        return self.plans[key]
+
+
+@contextlib.contextmanager
+def tuned_plans(
+    cache: PlanCache | None = None, *, timer: Timer | None = None
+) -> Iterator[PlanCache]:
+    """While open, convolutions traced without a plan take the plan measured for them on this
+    machine (see the module docstring); yields the ``PlanCache`` (a fresh one, in memory, when
+    none is given). On a backend other than CPU the rule's plans are kept and nothing is
+    measured."""
+    cache = PlanCache() if cache is None else cache
+
+    def source(lhs: Any, rhs: Any, spec: ConvSpec, rule_plan: Plan) -> Plan:
+        if jax.default_backend() != "cpu":
+            return rule_plan
+        return cache.plan(tuple(lhs.shape), tuple(rhs.shape), spec, lhs.dtype, timer)
+
+    with plan_source(source):
+        yield cache
