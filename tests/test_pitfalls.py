@@ -583,13 +583,20 @@ def test_batchnorm2d_unbiased_correction_counts_every_pixel():
 
 
 def test_cpu_matmul_is_not_bit_for_bit_but_within_rounding():
+    """Which shapes the two libraries sum in the same order depends on the CPU's kernels: on the
+    AMD EPYC 64x256 @ 256x128 differed in 7,239 of 8,192 elements, on the Intel Xeon of
+    2026-12-02 it was bit-identical and 65x257 @ 257x129 differed in 7,620 of 8,385. So: some
+    shape differs in most elements, and every one agrees within rounding."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((64, 256)).astype(np.float32)
-    b = rng.standard_normal((256, 128)).astype(np.float32)
-    expected = _np(torch.from_numpy(a) @ torch.from_numpy(b))
-    got = np.asarray(jnp.matmul(a, b))
-    assert (got != expected).sum() > expected.size // 2  # another summation order
-    assert 0 < max_rel(got, expected) <= RTOL
+    differing = []
+    for m, k, n in ((64, 256, 128), (65, 257, 129)):
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        expected = _np(torch.from_numpy(a) @ torch.from_numpy(b))
+        got = np.asarray(jnp.matmul(a, b))
+        assert max_rel(got, expected) <= RTOL
+        differing.append((got != expected).sum() / expected.size)
+    assert max(differing) > 0.5, differing  # another summation order, not another precision
 
 
 def test_clipping_gap_needs_a_small_max_norm():
