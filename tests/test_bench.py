@@ -276,9 +276,14 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     from funcmod.tools.bench import convs
 
     row = convs.ConvRow("tiny", 2, 4, 4, 5, 3, stride=2, groups=4)  # depthwise: 2 lowerings
-    config = convs.ConvBenchConfig(rounds=1, min_time=0.0, max_steps=1, torch_threads=(1,))
+    config = convs.ConvBenchConfig(
+        rounds=1, min_time=0.0, max_steps=1, torch_threads=(1,), tune=True
+    )
     result = convs.run_conv_bench(config, [row])
     (r,) = result["rows"]
+    # the measured plan, and its picks judged against the grid's own times
+    assert set(r["tuned_plan"]) <= {"depthwise", "lax"}
+    assert [v["rule"] for v in r["tuned_picks"].values()] == r["tuned_plan"]
     assert r["label"] == "tiny b2 4->4 5x5 k3 s2 g4"
     assert tuple(r["plan"]) == RULE_BRANCHES["depthwise"]
     assert r["lowerings"] == ["depthwise", "lax"]
@@ -296,6 +301,7 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     )
     table = convs.render_conv_markdown(result)
     assert "| tiny b2 4->4 5x5 k3 s2 g4 |" in table and "rule fastest?" in table
+    assert "tuned plan: fastest?" in table and "the tuned plan's" in table
     json.dumps(result)  # JSON-able
     from funcmod.tools.cli import main
 
@@ -348,7 +354,7 @@ def test_resnet_bench_times_the_same_resnet18_on_both_sides(capsys):
     assert main(["bench", "--resnet", "--resnet-batches", "0"]) == 2
     assert "batches" in capsys.readouterr().err
     assert main(["bench", "--tune-convs"]) == 2
-    assert "--tune-convs applies to --resnet only" in capsys.readouterr().err
+    assert "--tune-convs applies to --resnet and --convs only" in capsys.readouterr().err
 
 
 def _jitted_run(fn, *args):

@@ -22,8 +22,9 @@ shapes, interleaved over ``rounds``; the median decides). A jitted function trac
 context keeps the plans of that trace: trace it (call it first) inside. Off CPU the rule's plan
 is kept (every plan lowers to ``lax.conv_general_dilated`` there).
 
-Measuring costs compiles: about 0.1-0.5 s per lowering and pass, some tens of seconds for a
-ResNet-18's distinct convolutions; a ``PlanCache`` with a path keeps the plans in a JSON file
+Measuring costs compiles and runs: 0.7-1.3 s per convolution on a 2-core CPU, 6.6 s at batch 2
+and 13.9 s at batch 32 for a ResNet-18's 11 distinct convolutions at 64x64 (``funcmod bench
+--resnet --tune-convs``); a ``PlanCache`` with a path keeps the plans in a JSON file
 for the next process on the same machine (it holds the machine's description and starts empty
 on another). Every lowering meets the same parity targets against torch
 (``tests/test_conv.py``), so a tuned plan changes the speed, not the numbers beyond float
@@ -32,6 +33,7 @@ reassociation.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -145,9 +147,13 @@ def measure_plan(
     """
     # Called while an outer function is traced (a jitted step's first call), arrays made here
     # and the jitted calls on them would be staged into that trace instead of run, and the
-    # timer would time tracing: compile-time evaluation runs them.
-    with jax.ensure_compile_time_eval():
-        return _measure_plan(lhs_shape, rhs_shape, spec, dtype, timer, seed)
+    # timer would time tracing. A thread of its own has no trace: there they run, through
+    # jit's usual dispatch (under jax.ensure_compile_time_eval they ran too, but each call
+    # took 120-160 us longer, by an amount that differed between lowerings and reordered the
+    # fast ones).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        job = pool.submit(_measure_plan, lhs_shape, rhs_shape, spec, dtype, timer, seed)
+        return job.result()
 
 
 def _measure_plan(

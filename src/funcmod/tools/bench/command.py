@@ -73,7 +73,8 @@ def add_parser(subparsers: Any) -> None:
         "--tune-convs",
         action="store_true",
         help="with --resnet: also time the step with every convolution's plan measured on "
-        "this machine (funcmod.nn.conv_tune.tuned_plans) instead of the rule's",
+        "this machine (funcmod.nn.conv_tune.tuned_plans) instead of the rule's; with --convs: "
+        "also measure each row's plan first and mark whether it holds in the grid",
     )
     p.add_argument(
         "--conv-inputs",
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("funcmod bench needs torch: pip install 'funcmod[torch]'", file=sys.stderr)
         return 2
-    if getattr(args, "tune_convs", False) and not getattr(args, "resnet", False):
-        print("funcmod bench: --tune-convs applies to --resnet only", file=sys.stderr)
+    if getattr(args, "tune_convs", False) and not (args.resnet or args.convs):
+        print("funcmod bench: --tune-convs applies to --resnet and --convs only", file=sys.stderr)
         return 2
     try:
         config = None if getattr(args, "corpus", False) else _config(args)
@@ -168,7 +169,7 @@ def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> i
             file=sys.stderr,
         )
         return 2
-    given = {"rounds": args.rounds, "min_time": args.min_time}
+    given = {"rounds": args.rounds, "min_time": args.min_time, "tune": args.tune_convs or None}
     if args.torch_threads:
         given["torch_threads"] = tuple(args.torch_threads)
     try:

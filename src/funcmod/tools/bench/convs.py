@@ -16,8 +16,11 @@ interleaved in rounds like ``funcmod bench``:
 
 Each lowering's forward + backward is reported as the sum of its three passes; the rule's
 plan and lax's are also measured whole. A row's report marks the rule's pick per pass and says
-whether it is the fastest (within ``NOISE``, a relative margin) per pass. No test times anything:
-the numbers are this command's.
+whether it is the fastest (within ``NOISE``, a relative margin) per pass. With ``tune``
+(``--tune-convs``), each row's plan is also measured first by ``funcmod.nn.conv_tune``
+(``measure_plan``), and the report says the same of its picks against the grid's own times,
+a second measurement: how far a measured plan holds. No test times anything: the numbers are
+this command's.
 """
 
 from __future__ import annotations
@@ -127,13 +130,15 @@ def default_grid(inputs: Sequence[tuple[int, int]] = ((64, 2), (224, 2))) -> lis
 class ConvBenchConfig:
     """How long the conv bench spends: ``rounds`` interleaved rounds, each measurement at least
     ``min_time`` seconds and at most ``max_steps`` calls; torch at ``torch_threads`` (default:
-    torch's own count and 1); ``seed`` for the inputs."""
+    torch's own count and 1); ``seed`` for the inputs; ``tune``: also each row's measured plan
+    (``funcmod.nn.conv_tune.measure_plan``)."""
 
     rounds: int = 5
     min_time: float = 0.02
     max_steps: int = 50
     torch_threads: tuple[int, ...] = ()
     seed: int = 0
+    tune: bool = False
 
     def __post_init__(self) -> None:
         import torch
@@ -252,6 +257,7 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     p = row.kernel // 2
     out = (row.size + 2 * p - row.kernel) // row.stride + 1
     ct = rng.standard_normal((row.batch, out, out, row.c_out)).astype(np.float32)
+    tuned = _tuned_plan(row, x.shape, k.shape) if config.tune else None
     runs, plan, xla = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
     torch_run = _torch_run(row, x, k, ct)
     # JAX's runs interleaved with torch at its first thread count, then torch at each other
@@ -270,16 +276,7 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     lowerings = sorted({n.split(":")[0] for n in times if n.endswith(":fwd")})
     for name in lowerings:
         times[f"{name}:sum"] = sum(times[f"{name}:{p}"] for p in PASSES)
-    picks = {}
-    for pass_, chosen in zip(PASSES, plan, strict=True):
-        timed = {name: times[f"{name}:{pass_}"] for name in lowerings}
-        fastest = min(timed, key=timed.__getitem__)
-        picks[pass_] = {
-            "rule": chosen,
-            "fastest": fastest,
-            "rule_over_fastest": timed[chosen] / timed[fastest] if chosen in timed else None,
-            "ok": chosen in timed and timed[chosen] <= (1 + NOISE) * timed[fastest],
-        }
+    picks = _picks(plan, times, lowerings)
     rule_t = times["rule:fwd+bwd"]
     # The convolution's own work: 2 * N * Ho * Wo * O * (kh * kw * C / groups) FLOPs per pass,
     # and the operands each pass must read or write at least once (x, k, y, ct, dx, dk).
@@ -290,6 +287,11 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
         **asdict(row),
         "label": row.label(),
         "plan": list(plan),
+        **(
+            {"tuned_plan": list(tuned), "tuned_picks": _picks(tuned, times, lowerings)}
+            if tuned
+            else {}
+        ),
         "lowerings": lowerings,
         "times": times,
         "best_torch": best_torch,
@@ -300,6 +302,43 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
         "xla_cost": cost,
         "why_slower": _why_slower(cost, rule_t, times["torch:fwd+bwd"]),
     }
+
+
+def _tuned_plan(row: ConvRow, x_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> Any:
+    """``funcmod.nn.conv_tune.measure_plan``'s plan for the row's convolution, float32."""
+    from funcmod.nn.conv import conv_plan
+    from funcmod.nn.conv_tune import measure_plan
+
+    p = row.kernel // 2
+    args = ((row.stride, row.stride), ((p, p), (p, p)), None, None, ("NHWC", "HWIO", "NHWC"))
+    lhs, rhs = (jax.ShapeDtypeStruct(s, jnp.float32) for s in (x_shape, k_shape))
+    spec, _ = conv_plan(lhs, rhs, *args, row.groups)
+    return measure_plan(tuple(x_shape), tuple(k_shape), spec, jnp.float32)[0]
+
+
+def _picks(plan: Any, times: dict[str, float], lowerings: list[str]) -> dict[str, Any]:
+    """Per pass: the plan's lowering, the fastest timed one, the ratio of the two, and whether
+    the plan's is within ``NOISE`` of the fastest."""
+    picks = {}
+    for pass_, chosen in zip(PASSES, plan, strict=True):
+        timed = {name: times[f"{name}:{pass_}"] for name in lowerings}
+        fastest = min(timed, key=timed.__getitem__)
+        picks[pass_] = {
+            "rule": chosen,
+            "fastest": fastest,
+            "rule_over_fastest": timed[chosen] / timed[fastest] if chosen in timed else None,
+            "ok": chosen in timed and timed[chosen] <= (1 + NOISE) * timed[fastest],
+        }
+    return picks
+
+
+def _misses(picks: dict[str, Any]) -> list[str]:
+    """The passes whose pick is not within ``NOISE`` of the fastest, as ``'dk: lax (1.40x)'``."""
+    return [
+        f"{p}: {v['fastest']} ({v['rule_over_fastest']:.2f}x)"
+        for p, v in picks.items()
+        if not v["ok"]
+    ]
 
 
 def _why_slower(cost: dict[str, float], rule_s: float, torch_s: float) -> str | None:
@@ -368,6 +407,7 @@ def render_conv_markdown(result: dict[str, Any]) -> str:
     and the rule's plan, each lowering's per-pass times (the rule's pick in bold), and the
     ratios; then how often the rule picked the fastest lowering of a pass."""
     m = result["machine"]
+    tuned = any("tuned_plan" in r for r in result["rows"])
     lines = [
         f"Conv grid measured {result['started']} on {m['cpu']} ({m['cores']} cores), JAX "
         f"`{m['backend']}`, jax {m['versions']['jax']}, torch {m['versions']['torch']}; load "
@@ -376,10 +416,12 @@ def render_conv_markdown(result: dict[str, Any]) -> str:
         "",
         "| conv | plan (fwd/dx/dk) | torch fwd+bwd | lax fwd+bwd | rule fwd+bwd | torch / rule "
         "| lax / rule | lax fwd/dx/dk | direct fwd/dx/dk | depthwise fwd/dx/dk | "
-        "patches fwd/dx/dk | rule fastest? | slower than torch: why (XLA cost analysis) |",
-        "|" + "---|" * 13,
+        "patches fwd/dx/dk | rule fastest? | "
+        + ("tuned plan: fastest? | " if tuned else "")
+        + "slower than torch: why (XLA cost analysis) |",
+        "|" + "---|" * (14 if tuned else 13),
     ]
-    missed = 0
+    missed = tuned_missed = 0
     for r in result["rows"]:
         t, plan = r["times"], r["plan"]
         per = []
@@ -390,11 +432,7 @@ def render_conv_markdown(result: dict[str, Any]) -> str:
             per.append(
                 " / ".join(_cell(t, f"{name}:{p}", plan[i] == name) for i, p in enumerate(PASSES))
             )
-        bad = [
-            f"{p}: {v['fastest']} ({v['rule_over_fastest']:.2f}x)"
-            for p, v in r["picks"].items()
-            if not v["ok"]
-        ]
+        bad = _misses(r["picks"])
         missed += bool(bad)
         cells = [
             r["label"],
@@ -406,14 +444,26 @@ def render_conv_markdown(result: dict[str, Any]) -> str:
             f"{r['lax_over_rule']:.2f}x",
             *per,
             "yes" if not bad else "no: " + ", ".join(bad),
-            r["why_slower"] or "-",
         ]
+        if tuned:
+            tuned_bad = _misses(r["tuned_picks"]) if "tuned_picks" in r else ["-"]
+            tuned_missed += bool(tuned_bad)
+            verdict = "yes" if not tuned_bad else "no: " + ", ".join(tuned_bad)
+            cells.append(f"{'/'.join(r.get('tuned_plan', ['-']))}: {verdict}")
+        cells.append(r["why_slower"] or "-")
         lines.append("| " + " | ".join(cells) + " |")
     n = len(result["rows"])
     lines += [
         "",
         f"Rule's pick within {NOISE:.0%} of the fastest lowering in every pass: "
-        f"{n - missed} of {n} rows. Ratios above 1: the rule's plan is faster. Per-lowering "
+        f"{n - missed} of {n} rows"
+        + (
+            f"; the tuned plan's (measured before, by funcmod.nn.conv_tune): {n - tuned_missed} "
+            f"of {n}"
+            if tuned
+            else ""
+        )
+        + ". Ratios above 1: the rule's plan is faster. Per-lowering "
         "cells: forward, input gradient alone, kernel gradient alone; the rule's pick in bold; "
         f"'-': not valid for the shape (direct: groups=1 and at most {MAX_TIMED_DIRECT_TAPS} "
         "taps timed; depthwise: groups == C_in; patches: groups=1).",
