@@ -161,6 +161,7 @@ def test_plan_cache_file_round_trip_and_other_machines(tmp_path):
     data["machine"] = "another CPU"
     path.write_text(json.dumps(data))
     assert len(PlanCache(path)) == 0  # measured elsewhere: not trusted here
-    path.write_text(json.dumps({"plans": []}))
-    with pytest.raises(ValueError, match="not a convolution plan cache"):
-        PlanCache(path)
+    for bad in ({"plans": []}, {**data, "plans": {"k": ["lax", "fft", "lax"]}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="not a convolution plan cache"):
+            PlanCache(path)

@@ -18,7 +18,7 @@ While the context is open, every convolution ``funcmod.nn.conv.conv_general_dila
 lower by the rule takes the plan measured for its shapes, dtype and ``ConvSpec``; a convolution
 not yet in the cache is measured when it is traced (``measure_plan``: each pass alone, forward,
 input gradient and kernel gradient, with each lowering valid for it, on random data of its
-shapes, interleaved over ``rounds``; the median decides). A jitted function traced before the
+shapes, interleaved over 5 rounds; the median decides). A jitted function traced before the
 context keeps the plans of that trace: trace it (call it first) inside. Off CPU the rule's plan
 is kept (every plan lowers to ``lax.conv_general_dilated`` there).
 
@@ -52,7 +52,7 @@ import numpy as np
 
 from funcmod.nn.conv import Plan, conv_general_dilated, plan_source
 from funcmod.nn.conv_lowerings import NHWC, ConvSpec, output_size
-from funcmod.nn.conv_rule import MAX_DIRECT_TAPS, valid_lowerings
+from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, valid_lowerings
 
 __all__ = [
     "PASSES",
@@ -67,7 +67,7 @@ PASSES = ("forward", "input_grad", "kernel_grad")  # Plan's fields, in order
 _FORMAT = "funcmod.conv_plans/1"
 
 Shape = tuple[int, ...]
-# (a function of the arrays, its arguments) -> seconds per call; measure_plan's default times
+# {name: (jitted function, its arguments)} -> {name: median seconds per call}
 Timer = Callable[[dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]], dict[str, float]]
 
 
@@ -239,10 +239,17 @@ class PlanCache:
             ok = data.get("format") == _FORMAT and isinstance(data.get("plans"), dict)
         except (ValueError, AttributeError):
             ok = False
-        if not ok:
-            raise ValueError(f"{path} is not a convolution plan cache (format {_FORMAT!r})")
+        plans = data["plans"] if ok else {}
+        if not ok or not all(
+            isinstance(p, list) and len(p) == len(PASSES) and set(p) <= set(LOWERINGS)
+            for p in plans.values()
+        ):
+            raise ValueError(
+                f"{path} is not a convolution plan cache (format {_FORMAT!r}: plans of "
+                f"{len(PASSES)} lowerings among {list(LOWERINGS)})"
+            )
         if data.get("machine") == self.machine:
-            self.plans = {key: Plan(*plan) for key, plan in data["plans"].items()}
+            self.plans = {key: Plan(*plan) for key, plan in plans.items()}
 
     def _save(self) -> None:
         if self.path is None:
@@ -250,9 +257,13 @@ class PlanCache:
         data = {"format": _FORMAT, "machine": self.machine, "plans": dict(self.plans)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def __len__(self) -> int:
         return len(self.plans)

@@ -14,8 +14,10 @@ SGD with momentum 0.9 (``funcmod.optim.from_torch`` of the same torch optimizer)
 pass on the same weights and inputs is compared (max relative error of the logits), so the
 numbers timed are the same computation. Timing is interleaved in rounds like ``funcmod bench``;
 torch runs at each of ``torch_threads`` intra-op threads and the faster is its figure. Where the
-Flax step is slower, the row carries XLA's cost analysis of the compiled step (FLOPs and bytes
-accessed against the convolutions' own) as the measured reason.
+Flax step is slower, the row carries the measured reasons: XLA's cost analysis of the
+compiled step (its FLOPs and bytes over the median, against torch's rate on the same FLOPs),
+then, over more steps, the page faults per step and the largest kinds of XLA operation
+(``profile``).
 
 With ``tune_convs`` (``--tune-convs``), the same step traced inside
 ``funcmod.nn.conv_tune.tuned_plans`` (every convolution's plan measured on this machine instead
