@@ -20,6 +20,7 @@ from funcmod.nn.conv_tune import (
     measure_plan,
     tuned_plans,
 )
+from funcmod.precision import x64_for
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # A 3x3, 16 -> 16 convolution on 16x16, batch 8: the rule lowers it with lax in every pass
@@ -85,6 +86,22 @@ def test_candidates_are_the_valid_lowerings_direct_only_for_few_taps():
     assert candidate_lowerings(rgb, (3, 3, 3, 8), spec) == ("lax", "direct", "patches")
     spec, _ = _spec(X, (3, 3, 1, 16), groups=16)
     assert candidate_lowerings(X, (3, 3, 1, 16), spec) == ("lax", "depthwise")
+
+
+def test_measuring_a_float64_convolution_times_float64_arrays():
+    """The measuring thread runs in the caller's 64-bit mode (JAX sets it per thread)."""
+    dtypes = set()
+
+    def timer(calls):
+        dtypes.update(str(a.dtype) for _, args in calls.values() for a in args)
+        return {name: 1.0 for name in calls}
+
+    with x64_for(jnp.float64):
+        x, k = jnp.ones(X, jnp.float64), jnp.ones(K, jnp.float64)
+        with tuned_plans(timer=timer) as cache:
+            jax.jit(lambda x, k: _conv(x, k)).lower(x, k)
+    assert dtypes == {"float64"} and cache.measured == 1
+    assert json.loads(next(iter(cache.plans)))[-1] == "float64"
 
 
 def test_a_timer_missing_a_call_is_an_error():

@@ -150,10 +150,15 @@ def measure_plan(
     # timer would time tracing. A thread of its own has no trace: there they run, through
     # jit's usual dispatch (under jax.ensure_compile_time_eval they ran too, but each call
     # took 120-160 us longer, by an amount that differed between lowerings and reordered the
-    # fast ones).
+    # fast ones). JAX's 64-bit mode is set per thread: the new one gets the caller's.
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def measure() -> tuple[Plan, dict[str, dict[str, float]]]:
+        with jax.enable_x64(x64):
+            return _measure_plan(lhs_shape, rhs_shape, spec, dtype, timer, seed)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        job = pool.submit(_measure_plan, lhs_shape, rhs_shape, spec, dtype, timer, seed)
-        return job.result()
+        return pool.submit(measure).result()
 
 
 def _measure_plan(
