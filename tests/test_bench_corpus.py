@@ -26,6 +26,8 @@ def test_one_model_row():
     assert row["model"] == "weightnorm_mlp"
     assert set(row["median_s"]) == set(row["compile_s"]) == {"flax_step", "torch_eager"}
     assert all(v > 0 for v in [*row["median_s"].values(), *row["compile_s"].values()])
+    assert result["machine"]["backend"] and result["started"] and result["wall_s"] > 0
+    assert set(result) >= {"load_before", "load_after"}
     md = render_corpus_markdown(result)
     assert md.count("\n") == 3 and "| weightnorm_mlp |" in md
     json.dumps(result)  # JSON-able

@@ -10,6 +10,7 @@ step and for ``torch.compile``; reported as ``compile_s``), then timed in interl
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import statistics
 import time
@@ -156,10 +157,16 @@ def _time_model(name: str, config: CorpusBenchConfig) -> dict[str, Any]:
 def run_corpus_bench(
     config: CorpusBenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Time every model of ``config``; returns ``{"rows": [...], "config": {...}}``."""
+    """Time every model of ``config``; returns ``{'rows', 'config', 'machine', 'started',
+    'load_before', 'load_after', 'wall_s'}``, JSON-able, like the other benches' results (the
+    machine and its load are what a figure needs to be read)."""
     from funcmod.corpus import CORPUS
+    from funcmod.tools.bench.machine import load_average, machine_info
 
     names: Sequence[str] = config.models or tuple(CORPUS)
+    start = time.perf_counter()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    load_before = load_average()
     rows = []
     for name in names:
         with torch_threads(config.torch_threads):
@@ -168,7 +175,15 @@ def run_corpus_bench(
             m = rows[-1]["median_s"]
             progress(f"{name}: " + ", ".join(f"{k} {format_seconds(v)}" for k, v in m.items()))
     settings = {"rounds": config.rounds, "min_time": config.min_time}
-    return {"rows": rows, "config": {**settings, "torch_threads": config.torch_threads}}
+    return {
+        "rows": rows,
+        "config": {**settings, "torch_threads": config.torch_threads},
+        "machine": machine_info(),
+        "started": started,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def render_corpus_markdown(result: dict[str, Any]) -> str:
