@@ -60,6 +60,7 @@ __all__ = [
     "candidate_lowerings",
     "machine_key",
     "measure_plan",
+    "pass_functions",
     "tuned_plans",
 ]
 
@@ -128,10 +129,8 @@ def measure_plan(
 ) -> tuple[Plan, dict[str, dict[str, float]]]:
     """The fastest lowering of each pass of this convolution on this machine.
 
-    Each pass is timed alone, as in ``funcmod bench --convs``: the forward pass; the input
-    gradient and the kernel gradient each as the gradient of ``<conv(x, k), ct>`` for a fixed
-    cotangent (the forward pass and the other gradient eliminated as dead code), the other
-    passes lax.
+    Each pass is timed alone (``pass_functions``, which ``funcmod bench --convs`` times too)
+    on random operands of the shapes and dtype.
 
     Args:
       lhs_shape: the input's shape (N, H, W, C).
@@ -174,6 +173,24 @@ def _measure_plan(
         for shape in (lhs_shape, rhs_shape, (lhs_shape[0], ho, wo, out))
     )
 
+    calls = {key: (fn, (x, k, ct)) for key, fn in pass_functions(spec, names).items()}
+    times = (timer or _interleaved_times)(calls)
+    missing = sorted(set(calls) - set(times))
+    if missing:
+        raise ValueError(f"the timer returned no time for {missing}")
+    per_pass = {p: {name: float(times[f"{p}:{name}"]) for name in names} for p in PASSES}
+    plan = Plan(*(min(per_pass[p], key=per_pass[p].__getitem__) for p in PASSES))
+    return plan, per_pass
+
+
+def pass_functions(spec: ConvSpec, lowerings: tuple[str, ...]) -> dict[str, Callable[..., Any]]:
+    """Per ``'pass:lowering'`` (a pass of ``PASSES``, a lowering of ``lowerings``), a jitted
+    function of ``(x, k, ct)`` computing that pass alone with that lowering, the other passes
+    lax: the forward pass ``conv(x, k)`` (``ct`` unused), the input and the kernel gradient as
+    the gradient of ``<conv(x, k), ct>`` for the cotangent ``ct`` (the forward pass and the
+    other gradient eliminated as dead code). Every array is an argument: one closed over
+    would be a constant, and XLA folds what depends on constants alone into the program."""
+
     def conv(plan: Plan) -> Callable[[jax.Array, jax.Array], jax.Array]:
         return lambda x, k: conv_general_dilated(
             x,
@@ -191,18 +208,13 @@ def _measure_plan(
     def gradient(plan: Plan, argnum: int) -> Callable[..., jax.Array]:
         return jax.grad(lambda x, k, ct: jnp.vdot(conv(plan)(x, k), ct), argnums=argnum)
 
-    calls = {}
-    for name in names:
-        calls[f"forward:{name}"] = (jax.jit(conv(Plan(name, "lax", "lax"))), (x, k))
-        calls[f"input_grad:{name}"] = (jax.jit(gradient(Plan("lax", name, "lax"), 0)), (x, k, ct))
-        calls[f"kernel_grad:{name}"] = (jax.jit(gradient(Plan("lax", "lax", name), 1)), (x, k, ct))
-    times = (timer or _interleaved_times)(calls)
-    missing = sorted(set(calls) - set(times))
-    if missing:
-        raise ValueError(f"the timer returned no time for {missing}")
-    per_pass = {p: {name: float(times[f"{p}:{name}"]) for name in names} for p in PASSES}
-    plan = Plan(*(min(per_pass[p], key=per_pass[p].__getitem__) for p in PASSES))
-    return plan, per_pass
+    functions = {}
+    for name in lowerings:
+        forward = conv(Plan(name, "lax", "lax"))
+        functions[f"forward:{name}"] = jax.jit(lambda x, k, ct, forward=forward: forward(x, k))
+        functions[f"input_grad:{name}"] = jax.jit(gradient(Plan("lax", name, "lax"), 0))
+        functions[f"kernel_grad:{name}"] = jax.jit(gradient(Plan("lax", "lax", name), 1))
+    return functions
 
 
 def _key(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec, dtype: Any) -> str:

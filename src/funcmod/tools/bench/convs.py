@@ -152,23 +152,25 @@ class ConvBenchConfig:
             )
 
 
+# The grid's names of the passes of funcmod.nn.conv_tune.PASSES.
+_PASS_NAMES = {"forward": "fwd", "input_grad": "dx", "kernel_grad": "dk"}
+
+
 def _jax_runs(
     row: ConvRow, x: jax.Array, k: jax.Array, ct: jax.Array
-) -> tuple[dict, Any, dict[str, float]]:
-    """The jitted calls of one row, each as ``run(n)``; the rule's plan; and XLA's cost analysis
-    of the rule's compiled forward + backward (``flops``, ``bytes`` accessed)."""
+) -> tuple[dict, Any, Any, dict[str, float]]:
+    """The jitted calls of one row, each as ``run(n)``; its ``ConvSpec`` and the rule's plan;
+    and XLA's cost analysis of the rule's compiled forward + backward (``flops``, ``bytes``
+    accessed)."""
     from funcmod.nn.conv import Plan, conv_general_dilated, conv_plan
     from funcmod.nn.conv_rule import valid_lowerings
+    from funcmod.nn.conv_tune import pass_functions
 
     p = row.kernel // 2
     args = ((row.stride, row.stride), ((p, p), (p, p)), None, None, ("NHWC", "HWIO", "NHWC"))
 
     def conv(plan: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
         return lambda x, k: conv_general_dilated(x, k, *args, row.groups, plan=plan)
-
-    def loss(plan: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-        # <conv(x, k), ct>: its gradients are the VJPs of the convolution with cotangent ct
-        return lambda x, k, ct: jnp.vdot(conv(plan)(x, k), ct)
 
     def forward_and_backward(plan: Any) -> Callable[..., Any]:
         # what torch's conv2d + backward(ct) computes: y, and both VJPs of ct. Not
@@ -185,14 +187,11 @@ def _jax_runs(
     taps = row.kernel * row.kernel * (row.c_in // row.groups)
     if taps > MAX_TIMED_DIRECT_TAPS:
         valid = tuple(name for name in valid if name != "direct")
-    # Every array is an argument of the jitted function: one closed over is a constant, and
-    # XLA folds what depends on constants alone (a padded cotangent) into the program.
+    # Each pass alone, as funcmod.nn.conv_tune measures it, renamed 'lowering:fwd' and so on.
     jitted: dict[str, Callable[..., Any]] = {}
-    for name in valid:
-        plain = conv(Plan(name, "lax", "lax"))
-        jitted[f"{name}:fwd"] = jax.jit(lambda x, k, ct, plain=plain: plain(x, k))
-        jitted[f"{name}:dx"] = jax.jit(jax.grad(loss(Plan("lax", name, "lax"))))
-        jitted[f"{name}:dk"] = jax.jit(jax.grad(loss(Plan("lax", "lax", name)), argnums=1))
+    for key, fn in pass_functions(spec, valid).items():
+        pass_, name = key.split(":")
+        jitted[f"{name}:{_PASS_NAMES[pass_]}"] = fn
     for label, plan in (("rule", rule), ("lax", Plan("lax", "lax", "lax"))):
         jitted[f"{label}:fwd+bwd"] = jax.jit(forward_and_backward(plan))
     fns = {name: functools.partial(fn, x, k, ct) for name, fn in jitted.items()}
@@ -207,7 +206,7 @@ def _jax_runs(
 
     cost = jitted["rule:fwd+bwd"].lower(x, k, ct).compile().cost_analysis()
     xla = {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
-    return {name: runner(fn) for name, fn in fns.items()}, rule, xla
+    return {name: runner(fn) for name, fn in fns.items()}, spec, rule, xla
 
 
 def _torch_run(row: ConvRow, x: np.ndarray, k: np.ndarray, ct: np.ndarray) -> Callable[[int], None]:
@@ -250,6 +249,8 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     ``plan``, ``times`` (median seconds per call by ``lowering:pass``), per pass the
     ``fastest`` lowering and whether the rule's pick is within ``NOISE`` of it, and the
     ratios ``torch / rule`` and ``lax / rule`` of forward + backward."""
+    from funcmod.nn.conv_tune import measure_plan
+
     rng = np.random.default_rng(config.seed)
     x = rng.standard_normal((row.batch, row.size, row.size, row.c_in)).astype(np.float32)
     k = rng.standard_normal((row.kernel, row.kernel, row.c_in // row.groups, row.c_out))
@@ -257,8 +258,8 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
     p = row.kernel // 2
     out = (row.size + 2 * p - row.kernel) // row.stride + 1
     ct = rng.standard_normal((row.batch, out, out, row.c_out)).astype(np.float32)
-    tuned = _tuned_plan(row, x.shape, k.shape) if config.tune else None
-    runs, plan, xla = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
+    runs, spec, plan, xla = _jax_runs(row, jnp.asarray(x), jnp.asarray(k), jnp.asarray(ct))
+    tuned = measure_plan(x.shape, k.shape, spec, jnp.float32)[0] if config.tune else None
     torch_run = _torch_run(row, x, k, ct)
     # JAX's runs interleaved with torch at its first thread count, then torch at each other
     # count on its own (the thread count changes only between measurements).
@@ -302,18 +303,6 @@ def bench_conv_row(row: ConvRow, config: ConvBenchConfig) -> dict[str, Any]:
         "xla_cost": cost,
         "why_slower": _why_slower(cost, rule_t, times["torch:fwd+bwd"]),
     }
-
-
-def _tuned_plan(row: ConvRow, x_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> Any:
-    """``funcmod.nn.conv_tune.measure_plan``'s plan for the row's convolution, float32."""
-    from funcmod.nn.conv import conv_plan
-    from funcmod.nn.conv_tune import measure_plan
-
-    p = row.kernel // 2
-    args = ((row.stride, row.stride), ((p, p), (p, p)), None, None, ("NHWC", "HWIO", "NHWC"))
-    lhs, rhs = (jax.ShapeDtypeStruct(s, jnp.float32) for s in (x_shape, k_shape))
-    spec, _ = conv_plan(lhs, rhs, *args, row.groups)
-    return measure_plan(tuple(x_shape), tuple(k_shape), spec, jnp.float32)[0]
 
 
 def _picks(plan: Any, times: dict[str, float], lowerings: list[str]) -> dict[str, Any]:
