@@ -27,7 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TOP_OPS", "format_ops", "op_kind", "op_profile", "page_faults"]
+__all__ = [
+    "TOP_OPS",
+    "format_ops",
+    "op_kind",
+    "op_profile",
+    "page_faults",
+    "slower_step_measurements",
+]
 
 # How many kinds of XLA operation an explanation of a slower step lists, largest first.
 TOP_OPS = 5
@@ -87,6 +94,19 @@ def page_faults(run: Callable[[int], None], steps: int) -> float:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     run(steps)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+
+
+def slower_step_measurements(run: Callable[[int], None], steps: int) -> dict[str, Any]:
+    """What the benches explain a slower step with, each over ``run(steps)``: the page faults
+    per step, then the ``TOP_OPS`` largest kinds of XLA operation with the total of all:
+    ``{'page_faults_per_step', 'op_ms_per_step', 'ops'}``."""
+    faults = page_faults(run, steps)
+    profile = op_profile(run, steps)
+    return {
+        "page_faults_per_step": faults,
+        "op_ms_per_step": profile["total_ms"],
+        "ops": profile["ops"][:TOP_OPS],
+    }
 
 
 def format_ops(ops: list[dict[str, Any]], total_ms: float) -> str:

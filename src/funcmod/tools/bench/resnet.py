@@ -38,7 +38,7 @@ import numpy as np
 from flax import linen
 
 from funcmod import nn as fnn
-from funcmod.tools.bench.profile import TOP_OPS, format_ops, op_profile, page_faults
+from funcmod.tools.bench.profile import format_ops, slower_step_measurements
 from funcmod.tools.bench.timing import (
     format_seconds,
     steps_per_measurement,
@@ -242,7 +242,6 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
 
     from funcmod.convert import torch_to_flax
     from funcmod.optim import from_torch
-    from funcmod.train import create_train_state, make_train_step, softmax_cross_entropy
 
     torch.manual_seed(config.seed)
     twin = TorchResNet18().train()
@@ -258,17 +257,12 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
     parity = float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
 
     tx = from_torch(torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9), twin)
-    step = make_train_step(softmax_cross_entropy, apply_kwargs={"train": True})
-    holder = {"state": create_train_state(model, variables, tx)}
     flax_batch = (jnp.asarray(x), jnp.asarray(labels, jnp.int32))
-
-    def flax_run(n: int) -> None:
-        for _ in range(n):
-            holder["state"], metrics = step(holder["state"], flax_batch)
-        jax.block_until_ready((holder["state"].params, metrics))
-
-    # built before any step donates the variables' buffers
-    tuned_run = _tuned_step(model, variables, tx, flax_batch) if config.tune_convs else None
+    # the tuned step's copy is made before any step donates the variables' buffers
+    tuned_run = None
+    if config.tune_convs:
+        tuned_run, _ = _flax_step(model, jax.tree.map(jnp.copy, variables), tx, flax_batch)
+    flax_run, lower = _flax_step(model, variables, tx, flax_batch)
     t0 = time.perf_counter()
     flax_run(1)
     first = {"flax_step": time.perf_counter() - t0}
@@ -287,7 +281,7 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
             "tuned_convs": cache.measured,
             "tuned_plans": {k: list(v) for k, v in cache.plans.items()},
         }
-    compiled = step.lower(holder["state"], flax_batch).compile()
+    compiled = lower().compile()
     cost = compiled.cost_analysis()
     torch_run = _torch_step(twin, torch.from_numpy(x), torch.from_numpy(labels))
 
@@ -328,23 +322,25 @@ def bench_resnet_batch(batch: int, config: ResNetBenchConfig) -> dict[str, Any]:
     return row
 
 
-def _tuned_step(model: Any, variables: Any, tx: Any, batch: Any) -> Callable[[int], None]:
-    """``run(n)`` of a second ``make_train_step`` on its own copy of the variables, to be
-    traced (its first call) inside ``tuned_plans``."""
+def _flax_step(
+    model: Any, variables: Any, tx: Any, batch: Any
+) -> tuple[Callable[[int], None], Callable[[], Any]]:
+    """A ``make_train_step`` of its own (traced on its first call) on a state from
+    ``variables``, whose buffers it donates: ``run(n)`` takes n steps, ``lower()`` lowers the
+    step at the current state."""
     import jax
-    import jax.numpy as jnp
 
     from funcmod.train import create_train_state, make_train_step, softmax_cross_entropy
 
     step = make_train_step(softmax_cross_entropy, apply_kwargs={"train": True})
-    holder = {"state": create_train_state(model, jax.tree.map(jnp.copy, variables), tx)}
+    holder = {"state": create_train_state(model, variables, tx)}
 
     def run(n: int) -> None:
         for _ in range(n):
             holder["state"], metrics = step(holder["state"], batch)
         jax.block_until_ready((holder["state"].params, metrics))
 
-    return run
+    return run, lambda: step.lower(holder["state"], batch)
 
 
 def _why_slower(row: dict[str, Any], flax_run: Callable[[int], None], steps: int) -> str:
@@ -353,14 +349,13 @@ def _why_slower(row: dict[str, Any], flax_run: Callable[[int], None], steps: int
     page faults per step and the largest kinds of XLA operation (``profile.op_profile``)."""
     flax_s, torch_s = row["times"]["flax_step"], row["times"]["torch_eager"]
     gflops = row["xla_flops"] / 1e9
-    faults = page_faults(flax_run, steps)
-    profile = op_profile(flax_run, steps)
-    total = profile["total_ms"]
+    why = slower_step_measurements(flax_run, steps)
+    total = why["op_ms_per_step"]
     return (
         f"XLA's step: {gflops:.2f} GFLOP and {row['xla_bytes'] / 2**20:.0f} MiB accessed, "
         f"{gflops / flax_s:.1f} GFLOP/s; torch at the same FLOPs {gflops / torch_s:.1f} "
-        f"GFLOP/s; {faults:,.0f} page faults per step; XLA's operations {total:.1f} ms a step "
-        f"(summed over threads): {format_ops(profile['ops'][:TOP_OPS], total)}"
+        f"GFLOP/s; {why['page_faults_per_step']:,.0f} page faults per step; XLA's operations "
+        f"{total:.1f} ms a step (summed over threads): {format_ops(why['ops'], total)}"
     )
 
 

@@ -42,7 +42,7 @@ from funcmod.tools.bench.config import (
 )
 from funcmod.tools.bench.jax_variants import make_jax_variants
 from funcmod.tools.bench.machine import load_average, machine_info, measure_matmul_peak
-from funcmod.tools.bench.profile import TOP_OPS, op_profile, page_faults
+from funcmod.tools.bench.profile import slower_step_measurements
 from funcmod.tools.bench.targets import evaluate_targets
 from funcmod.tools.bench.timing import (
     CompileCounter,
@@ -120,17 +120,9 @@ def bench_case(case: Case, config: BenchConfig) -> dict[str, Any]:
 
 
 def _why_slower(step: Variant, steps: int) -> dict[str, Any]:
-    """Measured over ``steps`` Flax steps each: the page faults per step and the ``TOP_OPS``
-    largest kinds of XLA operation (``profile.op_profile``: milliseconds per step summed over
-    threads), with the total of all operations."""
+    """``profile.slower_step_measurements`` of the Flax step, in the variant's context."""
     with step.around():
-        faults = page_faults(step.run, steps)
-        profile = op_profile(step.run, steps)
-    return {
-        "page_faults_per_step": faults,
-        "op_ms_per_step": profile["total_ms"],
-        "ops": profile["ops"][:TOP_OPS],
-    }
+        return slower_step_measurements(step.run, steps)
 
 
 def _best_torch(results: dict[str, dict[str, Any]]) -> dict[str, str]:
