@@ -16,6 +16,7 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
+from funcmod.nn import conv_lowerings
 from funcmod.nn.conv import Plan, conv_general_dilated, conv_plan
 from funcmod.nn.conv_rule import LOWERINGS, RULE_BRANCHES, choose_plan, valid_lowerings
 from funcmod.precision import rtol
@@ -81,29 +82,56 @@ def _check_against_torch(dtype, x_shape, k_shape, strides, pads, dilation, group
         assert_trees_close(got, expected, rtol=rtol("parity", dtype), what=f"plan {plan}")
 
 
-# One shape per branch of the rule (RULE_BRANCHES names them): the rule must pick that plan
-# for it, and the plan must match torch.
+# The chunk bound (patches elements per chunk of ``chunked``) the branch shapes below are drawn
+# for: small, so that small shapes take every branch and chunked branches run several chunks.
+BRANCH_CHUNK = 4096
+
+
+@pytest.fixture
+def chunk_bound(monkeypatch):
+    """Sets ``conv_lowerings.CHUNK_PATCHES_ELEMENTS`` (read by the rule and by ``chunked`` when
+    a function is traced) for one test."""
+
+    def set_bound(elements):
+        monkeypatch.setattr(conv_lowerings, "CHUNK_PATCHES_ELEMENTS", elements)
+
+    return set_bound
+
+
+# One shape per branch of the rule (RULE_BRANCHES names them): the rule must pick that plan for
+# it, and the plan must match torch; at BRANCH_CHUNK, the chunked kernel gradients run several
+# chunks (patches elements per image, S * K, in the comments).
 BRANCH_SHAPES = {
     "depthwise": ((2, 6, 7, 4), (3, 3, 1, 8), (2, 1), ((1, 1), (1, 1)), (1, 1), 4),
     "grouped": ((2, 6, 6, 4), (3, 3, 2, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), 2),
     "pointwise": ((2, 5, 6, 5), (1, 1, 5, 7), (2, 2), ((0, 0), (0, 0)), (1, 1), 1),
-    "few_taps": ((2, 7, 9, 3), (3, 3, 3, 5), (1, 1), ((0, 2), (1, 0)), (1, 1), 1),
-    # 5 images, an output of 33 * 34 > FEW_CHANNELS_KERNEL_PATCHES_MAX_SPATIAL positions
-    "few_taps_large_batch": ((5, 33, 34, 3), (3, 3, 3, 2), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    # 81 * 27 = 2187: one image per chunk, four chunks
+    "few_taps": ((4, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    # outputs of 33 * 34 > FEW_TAPS_CHUNKED_MAX_SPATIAL positions
+    "few_taps_large_image_small_batch": (
+        (2, 33, 34, 3),
+        (3, 3, 3, 5),
+        (1, 1),
+        ((0, 2), (1, 1)),
+        (1, 1),
+        1,
+    ),
+    "few_taps_large_image": ((5, 33, 34, 3), (3, 3, 3, 2), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
     "many_channels": ((1, 9, 9, 256), (3, 3, 256, 2), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
     "small_image": ((2, 3, 3, 9), (3, 3, 9, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
-    "medium_image_small_batch": ((2, 12, 10, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
-    "medium_image": ((5, 12, 10, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
-    "large_image_small_batch": ((1, 10, 9, 6), (3, 2, 6, 4), (1, 1), ((1, 1), (1, 1)), (1, 2), 1),
+    # 25 * 36 = 900: four images per chunk, two chunks
+    "medium_image": ((8, 10, 10, 4), (3, 3, 4, 6), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
+    # 90 * 36 = 3240
+    "large_image": ((5, 10, 9, 6), (3, 2, 6, 4), (1, 1), ((1, 1), (1, 1)), (1, 2), 1),
+    # 80 * 45 = 3600
     "large_image_strided_small_batch": (
-        (2, 21, 19, 5),
+        (2, 19, 17, 5),
         (3, 3, 5, 4),
         (2, 2),
         ((1, 1), (1, 0)),
         (1, 1),
         1,
     ),
-    "large_image": ((5, 10, 9, 6), (3, 2, 6, 4), (1, 1), ((1, 1), (1, 1)), (1, 2), 1),
 }
 
 
@@ -112,35 +140,47 @@ def test_every_branch_of_the_rule_has_a_shape():
 
 
 @pytest.mark.parametrize(
-    ("batch", "size", "branch"),
+    ("x_shape", "k_shape", "stride", "branch"),
     [
-        (32, 64, "large_image_strided_small_batch"),
-        (32, 224, "large_image"),
-        (2, 224, "large_image_strided_small_batch"),
+        ((32, 64, 64, 3), (7, 7, 3, 64), 2, "large_image"),  # ResNet-18's stem
+        ((32, 224, 224, 3), (7, 7, 3, 64), 2, "large_image"),
+        ((2, 224, 224, 3), (7, 7, 3, 64), 2, "large_image_strided_small_batch"),
+        ((256, 32, 32, 3), (3, 3, 3, 16), 1, "few_taps"),  # SimpleCNN's first layer
+        ((256, 64, 64, 3), (3, 3, 3, 16), 1, "few_taps_large_image"),
+        ((16, 224, 224, 3), (3, 3, 3, 16), 2, "few_taps_large_image"),  # MobileNetV3's stem
+        ((2, 224, 224, 3), (3, 3, 3, 16), 2, "few_taps_large_image_small_batch"),
+        ((32, 16, 16, 64), (3, 3, 64, 64), 1, "large_image"),  # ResNet-18's layer1 at 64x64
+        ((32, 8, 8, 128), (3, 3, 128, 128), 1, "medium_image"),  # layer2
+        ((32, 4, 4, 256), (3, 3, 256, 256), 1, "many_channels"),  # layer3
     ],
 )
-def test_an_rgb_stem_takes_patches_for_its_kernel_gradient_while_the_matrix_is_small(
-    batch, size, branch
-):
-    """ResNet-18's 7x7 stride-2 stem: patches for the kernel gradient at batch 32 and 64x64
-    (a 4.8M-element patches matrix), lax at 224x224 (59M elements); a 64-channel layer at the
-    same batch (3x3) keeps lax (``large_image``)."""
+def test_the_rule_on_real_layers(x_shape, k_shape, stride, branch):
+    """Where real networks' layers land: the kernel gradient is chunked for every 3x3 and 7x7
+    layer of fewer than 256 channels, and for a few-tap one up to 32x32 outputs."""
     from funcmod.nn.conv_lowerings import ConvSpec
     from funcmod.nn.conv_rule import rule_branch
 
-    spec = ConvSpec((2, 2), ((3, 3), (3, 3)), (1, 1), 1)
-    assert rule_branch((batch, size, size, 3), (7, 7, 3, 64), spec) == branch
-    assert rule_branch((32, size, size, 64), (3, 3, 64, 64), spec) == "large_image"
+    pad = k_shape[0] // 2
+    spec = ConvSpec((stride, stride), ((pad, pad), (pad, pad)), (1, 1), 1)
+    assert rule_branch(x_shape, k_shape, spec) == branch
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("branch", sorted(BRANCH_SHAPES))
-def test_each_branch_of_the_rule_matches_torch(branch, dtype):
+def test_each_branch_of_the_rule_matches_torch(branch, dtype, chunk_bound):
+    chunk_bound(BRANCH_CHUNK)  # read by chunked only: the rule does not look at it
     x_shape, k_shape, strides, pads, dilation, groups = BRANCH_SHAPES[branch]
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
     k = jax.ShapeDtypeStruct(k_shape, jnp.float32)
     _, plan = conv_plan(x, k, strides, pads, None, dilation, NHWC, groups)
     assert plan == RULE_BRANCHES[branch], (branch, plan)
+    if "chunked" in plan:  # the shape runs the loop: more than one chunk
+        out = conv_lowerings.output_size
+        s = out(x_shape[1], k_shape[0], strides[0], dilation[0], pads[0]) * out(
+            x_shape[2], k_shape[1], strides[1], dilation[1], pads[1]
+        )
+        per = conv_lowerings.images_per_chunk(x_shape[0], s * np.prod(k_shape[:3]))
+        assert per < x_shape[0], (branch, per)
     _check_against_torch(dtype, x_shape, k_shape, strides, pads, dilation, groups)
 
 
@@ -152,10 +192,11 @@ DEPTHWISE = ((2, 8, 9, 3), (3, 3, 1, 6), (2, 2), ((1, 2), (0, 1)), (2, 1), 3)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("case", "lowering"),
-    [("general", name) for name in ("lax", "direct", "patches")]
+    [("general", name) for name in ("lax", "direct", "patches", "chunked")]
     + [("depthwise", name) for name in ("lax", "depthwise")],
 )
-def test_every_lowering_matches_torch(case, lowering, dtype):
+def test_every_lowering_matches_torch(case, lowering, dtype, chunk_bound):
+    chunk_bound(720)  # GENERAL: 40 outputs * 18 taps per image, one image per chunk
     shapes = GENERAL if case == "general" else DEPTHWISE
     # the lowering in all three passes (the rule's branches mix them)
     _check_against_torch(dtype, *shapes, plan=Plan(lowering, lowering, lowering))
@@ -215,8 +256,9 @@ def test_depthwise_forward_mode_vmap_and_second_order_match_lax():
 def test_valid_lowerings_and_bad_plans():
     spec, _ = conv_plan(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)), (1, 1), "SAME",
                         dimension_numbers=NHWC)  # fmt: skip
-    assert valid_lowerings((1, 4, 4, 3), (3, 3, 3, 2), spec) == ("lax", "direct", "patches")
-    assert set(LOWERINGS) == {"lax", "direct", "depthwise", "patches"}
+    valid = ("lax", "direct", "patches", "chunked")
+    assert valid_lowerings((1, 4, 4, 3), (3, 3, 3, 2), spec) == valid
+    assert set(LOWERINGS) == {"lax", "direct", "depthwise", "patches", "chunked"}
     bad = Plan("depthwise", "lax", "lax")
     with pytest.raises(ValueError, match=r"\['depthwise'\] cannot compute"):
         conv_general_dilated(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)), (1, 1), "SAME",
@@ -234,12 +276,15 @@ def _losses(padding, strides=(1, 1)):
 
 
 def _few_taps_case():
-    kernel = (3, 3, 3, 2)  # few_taps: direct forward, patches gradients
+    """few_taps: the direct forward pass, the patches input gradient and the chunked kernel
+    gradient, two chunks of one image at a chunk bound of 324 (12 outputs * 27 taps)."""
+    kernel = (3, 3, 3, 2)
     x, k = (jnp.asarray(a) for a in _arrays(np.float64, (2, 3, 4, kernel[2]), kernel))
     return x, k, *_losses(((1, 1), (1, 1)))
 
 
-def test_forward_mode_and_vmap_match_lax():
+def test_forward_mode_and_vmap_match_lax(chunk_bound):
+    chunk_bound(324)
     with jax.enable_x64(True):
         x, k, f_lax, f_ours = _few_taps_case()
         tol = rtol("parity", np.float64)
@@ -249,10 +294,16 @@ def test_forward_mode_and_vmap_match_lax():
         per_image_lax = jax.vmap(lambda xi: f_lax(xi[None], k))(x)
         per_image = jax.vmap(lambda xi: f_ours(xi[None], k))(x)
         assert_trees_close(per_image, per_image_lax, rtol=tol)
+        # the chunked kernel gradient's loop, batched over two kernels
+        kernels = jnp.stack([k, -2.0 * k])
+        grads_lax = jax.vmap(lambda kk: jax.grad(f_lax, argnums=1)(x, kk))(kernels)
+        grads = jax.vmap(lambda kk: jax.grad(f_ours, argnums=1)(x, kk))(kernels)
+        assert_trees_close(grads, grads_lax, rtol=tol)
 
 
 @pytest.mark.slow
-def test_second_order_matches_lax():
+def test_second_order_matches_lax(chunk_bound):
+    chunk_bound(324)
     with jax.enable_x64(True):
         x, k, f_lax, f_ours = _few_taps_case()
         h_lax = jax.hessian(f_lax, argnums=1)(x, k)  # (3, 3, 3, 2, 3, 3, 3, 2)
@@ -330,3 +381,30 @@ def test_patches_plan_compiles_to_matmuls_without_convolutions():
     )  # fmt: skip
     text = jax.jit(f).lower(x, k).compile().as_text()
     assert "convolution(" not in text and " dot(" in text
+
+
+def test_chunked_kernel_gradient_holds_one_chunk_of_patches_not_the_matrix(chunk_bound):
+    """The chunked kernel gradient compiles to a loop whose temporaries hold one chunk's
+    patches: XLA's buffer for them is smaller than patches' by most of the (N * Ho * Wo, K)
+    matrix. Without the rematerialisation in ``conv_lowerings.chunked``, reverse mode would
+    keep every chunk's patches from the forward loop (the whole matrix again)."""
+    x = jnp.ones((16, 32, 32, 3))  # 16 images, 1024 outputs * 27 taps each
+    k = jnp.ones((3, 3, 3, 16))
+    chunk_bound(2 * 1024 * 27)  # two images per chunk
+    matrix_bytes = 16 * 1024 * 27 * 4
+
+    def compiled(lowering):
+        def loss(k):
+            y = conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC,
+                                     plan=Plan("direct", "patches", lowering))  # fmt: skip
+            return jnp.sum(y * y)
+
+        return jax.jit(jax.grad(loss)).lower(k).compile()
+
+    patches, chunked = compiled("patches"), compiled("chunked")
+    assert " while(" in chunked.as_text() and " while(" not in patches.as_text()
+    temp = {
+        name: c.memory_analysis().temp_size_in_bytes
+        for name, c in (("patches", patches), ("chunked", chunked))
+    }
+    assert temp["patches"] - temp["chunked"] > matrix_bytes * 3 // 4, temp

@@ -23,7 +23,8 @@ from funcmod.nn.conv_tune import (
 from funcmod.precision import x64_for
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-# A 3x3, 16 -> 16 convolution on 16x16, batch 8: the rule lowers it with lax in every pass
+# A 3x3, 16 -> 16 convolution on 16x16, batch 8: the rule lowers it with lax but for the kernel
+# gradient (chunked, in one chunk: patches)
 X, K = (8, 16, 16, 16), (3, 3, 16, 16)
 
 
@@ -65,7 +66,7 @@ PATCHES_FIRST = {p: ["patches", "direct", "depthwise", "lax"] for p in PASSES}
 
 def test_measure_plan_takes_each_pass_fastest_lowering():
     spec, rule = _spec()
-    assert rule == Plan("lax", "lax", "lax")
+    assert rule == Plan("lax", "lax", "chunked")
     order = {
         "forward": ["patches", "lax"],
         "input_grad": ["lax", "patches"],
@@ -78,12 +79,16 @@ def test_measure_plan_takes_each_pass_fastest_lowering():
     assert seen == [sorted(f"{p}:{n}" for p in PASSES for n in ("lax", "patches"))]
 
 
-def test_candidates_are_the_valid_lowerings_direct_only_for_few_taps():
+def test_candidates_are_the_valid_lowerings_direct_only_for_few_taps_chunked_if_it_splits():
     spec, _ = _spec()
     assert candidate_lowerings(X, K, spec) == ("lax", "patches")  # 144 taps: no direct sum
     rgb = (2, 8, 8, 3)
     spec, _ = _spec(rgb, (3, 3, 3, 8))
     assert candidate_lowerings(rgb, (3, 3, 3, 8), spec) == ("lax", "direct", "patches")
+    big = (64, 64, 64, 3)  # 4096 outputs * 27 taps per image: 4 images per chunk
+    spec, _ = _spec(big, (3, 3, 3, 8))
+    valid = ("lax", "direct", "patches", "chunked")
+    assert candidate_lowerings(big, (3, 3, 3, 8), spec) == valid
     spec, _ = _spec(X, (3, 3, 1, 16), groups=16)
     assert candidate_lowerings(X, (3, 3, 1, 16), spec) == ("lax", "depthwise")
 

@@ -8,16 +8,17 @@ convolutions, and for the gradients of strided ones. So, for a 2-D convolution i
 the input gradient and the kernel gradient each with the formulation that
 ``funcmod.nn.conv_rule.choose_plan`` picks from the shapes at trace time, among those of
 ``funcmod.nn.conv_lowerings``: ``'lax'`` (XLA's kernel), ``'direct'`` (a fused sum of few
-taps), ``'depthwise'`` (a fused sum over the window for groups == channels) and ``'patches'``
-(im2col and one matmul). The rule, and the measurements it comes from, are in
-``funcmod.nn.conv_rule``.
+taps), ``'depthwise'`` (a fused sum over the window for groups == channels), ``'patches'``
+(im2col and one matmul) and ``'chunked'`` (im2col and a matmul per chunk of images, in a
+loop). The rule, and the measurements it comes from, are in ``funcmod.nn.conv_rule``.
 
 How the three choices are made independent: the function has a custom JVP. Its primal output
 is the forward lowering; its tangent is ``conv(dx, k) + conv(x, dk)``, the first term computed
 by the input-gradient lowering and the second by the kernel-gradient lowering, each a linear
 function that JAX transposes in reverse mode: ``patches(dx, k)`` transposes into
 ``dy @ k^T`` followed by col2im (a fused sum of padded slices), ``patches(x, dk)`` into
-``patches(x)^T @ dy``, ``lax_conv`` into XLA's gradient convolutions. Forward mode, higher
+``patches(x)^T @ dy``, ``chunked(x, dk)`` into a loop adding up each chunk's
+``patches^T @ dy``, ``lax_conv`` into XLA's gradient convolutions. Forward mode, higher
 derivatives and ``vmap`` work as for ``lax.conv_general_dilated``; a tangent that is a
 symbolic zero (the input, when only the parameters are differentiated) costs nothing.
 
@@ -54,6 +55,7 @@ from jax.custom_derivatives import SymbolicZero
 from funcmod.nn.conv_lowerings import (
     NHWC,
     ConvSpec,
+    chunked,
     depthwise,
     depthwise_input_tangent,
     direct,
@@ -74,13 +76,20 @@ __all__ = [
     "plan_source",
 ]
 
-_FORWARD = {"lax": lax_conv, "direct": direct, "depthwise": depthwise, "patches": patches}
+_FORWARD = {
+    "lax": lax_conv,
+    "direct": direct,
+    "depthwise": depthwise,
+    "patches": patches,
+    "chunked": chunked,
+}
 _INPUT_TANGENT = {**_FORWARD, "depthwise": depthwise_input_tangent}
 _KERNEL_TANGENT = {
     "lax": kernel_tangent_lax,
     "direct": direct,
     "depthwise": depthwise,
     "patches": patches,
+    "chunked": chunked,
 }
 
 

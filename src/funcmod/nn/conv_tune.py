@@ -51,7 +51,7 @@ import jaxlib
 import numpy as np
 
 from funcmod.nn.conv import Plan, conv_general_dilated, plan_source
-from funcmod.nn.conv_lowerings import NHWC, ConvSpec, output_size
+from funcmod.nn.conv_lowerings import NHWC, ConvSpec, images_per_chunk, output_size
 from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, valid_lowerings
 
 __all__ = [
@@ -75,10 +75,16 @@ Timer = Callable[[dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]], dict[s
 def candidate_lowerings(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> tuple[str, ...]:
     """The lowerings ``measure_plan`` times: those valid for the shapes
     (``conv_rule.valid_lowerings``), the direct sum only up to ``MAX_DIRECT_TAPS`` taps (its
-    unrolled loop compiles slowly beyond)."""
+    unrolled loop compiles slowly beyond), chunked only where it splits the batch (else it is
+    patches)."""
     kh, kw, c_group, _ = rhs_shape
-    valid = valid_lowerings(lhs_shape, rhs_shape, spec)
-    return tuple(n for n in valid if n != "direct" or kh * kw * c_group <= MAX_DIRECT_TAPS)
+    ho = output_size(lhs_shape[1], kh, spec.strides[0], spec.dilation[0], spec.padding[0])
+    wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
+    splits = images_per_chunk(lhs_shape[0], ho * wo * kh * kw * c_group) < lhs_shape[0]
+    skip = {"direct"} if kh * kw * c_group > MAX_DIRECT_TAPS else set()
+    if not splits:
+        skip.add("chunked")
+    return tuple(n for n in valid_lowerings(lhs_shape, rhs_shape, spec) if n not in skip)
 
 
 def machine_key() -> str:
