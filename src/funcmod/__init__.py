@@ -10,8 +10,9 @@ The package is in three wings; arrows point one way, tools -> articles -> librar
   rules ``convert_groups``, torch-named safetensors files ``convert_files``), ``parity``
   (outputs and gradients), ``trajectory`` (whole training runs), ``train`` (jitted optax
   steps), ``bound_step`` (the step holding its state), ``host_memory`` (freed memory kept
-  for XLA:CPU's next step), ``sharding`` (data parallelism), ``optim`` (torch.optim ->
-  optax), ``checkpoint`` (atomic TrainState files);
+  for XLA:CPU's next step), ``timing`` (interleaved timing rounds, for ``nn.conv_tune`` and
+  the benchmarks), ``sharding`` (data parallelism), ``optim`` (torch.optim -> optax),
+  ``checkpoint`` (atomic TrainState files);
 * ``funcmod.articles``: the four seed articles' examples, ported and twinned;
 * ``funcmod.corpus``: plain PyTorch models (ResNet, GPT, Llama, ...), the acceptance corpus
   of the porter (an examples wing beside ``articles``);

@@ -36,11 +36,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
-import math
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ import numpy as np
 from funcmod.nn.conv import Plan, conv_general_dilated, plan_source
 from funcmod.nn.conv_lowerings import NHWC, ConvSpec, images_per_chunk, output_size
 from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, valid_lowerings
+from funcmod.timing import cpu_model, steps_per_measurement, time_interleaved
 
 __all__ = [
     "PASSES",
@@ -90,13 +89,9 @@ def candidate_lowerings(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> t
 def machine_key() -> str:
     """What a plan's measurement depends on besides the shapes: the CPU, the cores JAX sees,
     jax and jaxlib."""
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__}; jaxlib {jaxlib.__version__}"
+    return (
+        f"{cpu_model()}; {os.cpu_count()} cores; jax {jax.__version__}; jaxlib {jaxlib.__version__}"
+    )
 
 
 def _interleaved_times(
@@ -104,23 +99,23 @@ def _interleaved_times(
     rounds: int = 5,
     min_time: float = 0.005,
 ) -> dict[str, float]:
-    """Median seconds per call of each ``fn(*args)``: each called once (compiling) and timed
-    once to size its measurement (enough calls for ``min_time``), then ``rounds`` rounds in
-    which every one takes its turn."""
-    counts = {}
-    for name, (fn, args) in calls.items():
-        jax.block_until_ready(fn(*args))
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        counts[name] = max(1, min(100, math.ceil(min_time / max(time.perf_counter() - t0, 1e-7))))
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, (fn, args) in calls.items():
-            t0 = time.perf_counter()
-            for _ in range(counts[name]):
+    """Median seconds per call of each ``fn(*args)``: each called once (compiling), then
+    ``funcmod.timing``'s interleaved rounds, each measurement enough calls (at most 100) for
+    ``min_time``."""
+
+    def run_of(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for _ in range(n):
                 out = fn(*args)
             jax.block_until_ready(out)
-            samples[name].append((time.perf_counter() - t0) / counts[name])
+
+        return run
+
+    runs = {name: run_of(fn, args) for name, (fn, args) in calls.items()}
+    for run in runs.values():
+        run(1)  # compile
+    counts = {name: steps_per_measurement(run, 1, min_time, 100) for name, run in runs.items()}
+    samples = time_interleaved(runs, counts, rounds)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 

@@ -3,10 +3,8 @@ float32 matmul peak (the rate the bench's GFLOP/s are set against)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -15,17 +13,10 @@ import numpy as np
 import optax
 
 from funcmod.host_memory import host_memory_mode
+from funcmod.timing import cpu_model
 from funcmod.tools.bench.timing import median_time
 
 __all__ = ["load_average", "machine_info", "measure_matmul_peak"]
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict[str, Any]:
@@ -41,7 +32,7 @@ def machine_info() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device": f"{device.platform}:{device.device_kind}",
         "device_count": jax.device_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
         # torch.compile's first call is much shorter when inductor's on-disk cache holds the

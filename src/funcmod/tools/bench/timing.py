@@ -4,21 +4,22 @@ A variant is timed as ``run(n)``, a callable that takes ``n`` training steps and
 they are done (JAX's asynchronous dispatch included: ``run`` blocks on its last result).
 ``steps_per_measurement`` sizes ``n`` so that one measurement is long enough for the clock;
 ``time_interleaved`` takes one sample per variant per round, the variants taking turns so that a
-change in machine load hits all of them alike. ``CompileCounter`` tells whether a timed block
-compiled anything (it must not: calls after the first reuse the compiled step).
+change in machine load hits all of them alike (those three are ``funcmod.timing``'s, shared
+with ``funcmod.nn.conv_tune``, and importable from here). ``CompileCounter`` tells whether a
+timed block compiled anything (it must not: calls after the first reuse the compiled step).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+
+from funcmod.timing import no_gc, steps_per_measurement, time_interleaved
 
 __all__ = [
     "CompileCounter",
@@ -76,61 +77,6 @@ class CompileCounter:
     def __exit__(self, *exc: object) -> None:
         self._active = False
         jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Collect once, then keep Python's garbage collector off for the block: a collection in
-    the middle of a measurement would be charged to whichever variant happened to run."""
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def steps_per_measurement(
-    run: Callable[[int], None], per_call: int = 1, min_time: float = 0.05, max_steps: int = 200
-) -> int:
-    """How many steps make one measurement of ``run`` last about ``min_time`` seconds: at
-    least ``per_call``, at most ``max_steps`` (rounded up to a multiple of ``per_call``)."""
-    t0 = time.perf_counter()
-    run(per_call)
-    per_step = max((time.perf_counter() - t0) / per_call, 1e-7)
-    n = min(max_steps, max(1, round(min_time / per_step)))
-    return per_call * math.ceil(n / per_call)
-
-
-def time_interleaved(
-    runs: dict[str, Callable[[int], None]],
-    steps: dict[str, int],
-    rounds: int,
-    around: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per step of every ``runs[name](steps[name])``, one sample per round.
-
-    The runs take turns within a round, starting from a different one each round, so that a
-    change in machine load hits all of them alike; the garbage collector is off meanwhile.
-    ``around[name]()``, where given, is entered before the timer starts and left after it stops.
-
-    Returns:
-      ``{name: [seconds per step, one per round]}``.
-    """
-    names = list(runs)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    contexts = {name: (around or {}).get(name, contextlib.nullcontext) for name in names}
-    with no_gc():
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                with contexts[name]():
-                    t0 = time.perf_counter()
-                    runs[name](steps[name])
-                    seconds = time.perf_counter() - t0
-                samples[name].append(seconds / steps[name])
-    return samples
 
 
 def format_seconds(seconds: float) -> str:
