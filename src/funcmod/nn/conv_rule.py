@@ -26,11 +26,12 @@ contraction size (the patches matrix's width); the first that applies:
    three passes; ``medium_image`` (S <= ``PATCHES_MAX_SPATIAL``) chunked forward and for the
    kernel gradient, patches for the input gradient (the forward pass by chunks was 1.2-1.4x
    faster than patches on ResNet-18's two 8x8 layers at batch 32, in two grid runs; the
-   input gradient by chunks, the transpose of a loop, was slower than patches); ``large_image`` lax forward and for the input
-   gradient, the kernel gradient chunked, except that with a stride and a small batch
-   (``large_image_strided_small_batch``) the input gradient takes patches: lax's strided input
-   gradient was 1.17-1.68x slower in all three such rows of ResNet-18 at 224x224, batch 2 (the
-   stem, layer2 and layer3's stride-2 3x3 convolutions; quiet machine).
+   input gradient by chunks, the transpose of a loop, was slower than patches);
+   ``large_image`` lax forward and for the input gradient, the kernel gradient chunked, except
+   that with a stride and a small batch (``large_image_strided_small_batch``) the input
+   gradient takes patches: lax's strided input gradient was 1.17-1.68x slower in all three
+   such rows of ResNet-18 at 224x224, batch 2 (the stem, layer2 and layer3's stride-2 3x3
+   convolutions; quiet machine).
 
 The ``chunked`` kernel gradient is im2col and a matmul per chunk of images, each chunk's patches
 matrix at most ``conv_lowerings.CHUNK_PATCHES_ELEMENTS`` (2 MiB of float32; one image per chunk
