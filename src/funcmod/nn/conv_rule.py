@@ -41,9 +41,10 @@ large images (16 -> 32 channels at 32x32, batch 64: lax 320 ms, chunked 21 ms); 
 the whole (N * S, K) matrix before its one matmul reads it back from memory (the same layer:
 73 ms); a chunk's matrix is still in the cache when its matmul reads it. On the four 3x3 and
 7x7 layers of a ResNet-18 at 64x64, batch 32, that take it (``funcmod bench --convs
---conv-inputs 64x32``), chunked was the fastest kernel gradient or within 4% of it: 1.5-5.9x
-faster than lax on the stem and layer1, 1.8x faster than patches on the stem. At batch 2 a
-chunk holds the whole batch in most rows, and chunked is then patches.
+--conv-inputs 64x32``), chunked was the fastest kernel gradient or within 4% of it in one run
+(1.5-5.9x faster than lax on the stem and layer1, 1.8x faster than patches on the stem); in a
+second run layer2's (128 channels at 8x8) took 1.10x the time of patches'. At batch 2 a chunk
+holds the whole batch in most rows, and chunked is then patches.
 
 Why these variables: XLA:CPU's convolution kernel parallelises and vectorises over the image,
 so its cost per output falls as the image grows, and it has a high fixed cost per call for
