@@ -240,11 +240,16 @@ def patches(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
     return y.reshape(n, ho, wo, out)
 
 
-def images_per_chunk(batch: int, image_elements: int) -> int:
-    """How many images ``chunked`` takes per chunk: the largest divisor of ``batch`` whose chunk
-    has at most ``CHUNK_PATCHES_ELEMENTS`` patches elements (``image_elements`` per image), at
-    least 1. A divisor, so that every chunk has the same shape (one loop body, no remainder)."""
-    fit = max(1, CHUNK_PATCHES_ELEMENTS // max(1, image_elements))
+def images_per_chunk(lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], spec: ConvSpec) -> int:
+    """How many images ``chunked`` takes per chunk of an (N, H, W, C) input and a (kh, kw, C, O)
+    kernel: the largest divisor of N whose chunk has at most ``CHUNK_PATCHES_ELEMENTS`` patches
+    elements (Ho * Wo * kh * kw * C per image), at least 1. A divisor, so that every chunk has
+    the same shape (one loop body, no remainder)."""
+    kh, kw, channels, _ = rhs_shape
+    ho = output_size(lhs_shape[1], kh, spec.strides[0], spec.dilation[0], spec.padding[0])
+    wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
+    batch = lhs_shape[0]
+    fit = max(1, CHUNK_PATCHES_ELEMENTS // max(1, ho * wo * kh * kw * channels))
     return max(d for d in range(1, min(batch, fit) + 1) if batch % d == 0)
 
 
@@ -256,11 +261,8 @@ def chunked(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:
     would compute every chunk's patches in the forward loop and keep them all for the backward
     one (the whole (N * Ho * Wo, K) matrix again, written long before it is read); with it, the
     backward loop rebuilds each chunk's patches right before the matmul that reads them."""
-    kh, kw, channels, _ = kernel.shape
     n = x.shape[0]
-    ho = output_size(x.shape[1], kh, spec.strides[0], spec.dilation[0], spec.padding[0])
-    wo = output_size(x.shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
-    per = images_per_chunk(n, ho * wo * kh * kw * channels)
+    per = images_per_chunk(x.shape, kernel.shape, spec)
     if per == n:
         return patches(x, kernel, spec)
     chunk = jax.checkpoint(lambda images: patches(images, kernel, spec), prevent_cse=False)

@@ -77,9 +77,7 @@ def candidate_lowerings(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> t
     unrolled loop compiles slowly beyond), chunked only where it splits the batch (else it is
     patches)."""
     kh, kw, c_group, _ = rhs_shape
-    ho = output_size(lhs_shape[1], kh, spec.strides[0], spec.dilation[0], spec.padding[0])
-    wo = output_size(lhs_shape[2], kw, spec.strides[1], spec.dilation[1], spec.padding[1])
-    splits = images_per_chunk(lhs_shape[0], ho * wo * kh * kw * c_group) < lhs_shape[0]
+    splits = images_per_chunk(lhs_shape, rhs_shape, spec) < lhs_shape[0]
     skip = {"direct"} if kh * kw * c_group > MAX_DIRECT_TAPS else set()
     if not splits:
         skip.add("chunked")
