@@ -276,11 +276,16 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     from funcmod.tools.bench import convs
 
     row = convs.ConvRow("tiny", 2, 4, 4, 5, 3, stride=2, groups=4)  # depthwise: 2 lowerings
+    one_chunk = convs.ConvRow("tiny", 2, 4, 4, 5, 3)  # groups=1: chunked is patches here
     config = convs.ConvBenchConfig(
         rounds=1, min_time=0.0, max_steps=1, torch_threads=(1,), tune=True
     )
-    result = convs.run_conv_bench(config, [row])
-    (r,) = result["rows"]
+    result = convs.run_conv_bench(config, [row, one_chunk])
+    r, r1 = result["rows"]
+    # chunked with one chunk is patches' program: timed once, its cells say so
+    assert r1["same_as"] == {"chunked": "patches"} and "chunked" not in r1["lowerings"]
+    assert r1["lowerings"] == ["direct", "lax", "patches"] and r["same_as"] == {}
+    assert all(v["repeat_spread"] >= 0 for v in r1["picks"].values())
     # the measured plan, and its picks judged against the grid's own times
     assert set(r["tuned_plan"]) <= {"depthwise", "lax"}
     assert [v["rule"] for v in r["tuned_picks"].values()] == r["tuned_plan"]
@@ -289,8 +294,12 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     assert r["lowerings"] == ["depthwise", "lax"]
     expected = {f"{name}:{p}" for name in r["lowerings"] for p in (*convs.PASSES, "sum")}
     expected |= {"rule:fwd+bwd", "lax:fwd+bwd", "torch:fwd+bwd", "torch_t1:fwd+bwd"}
+    expected |= {f"repeat:{p}" for p in convs.PASSES}  # the rule's picks timed again
     assert set(r["times"]) == expected and all(t > 0 for t in r["times"].values())
     assert set(r["picks"]) == set(convs.PASSES)
+    for p, pick in r["picks"].items():
+        pair = r["times"][f"repeat:{p}"], r["times"][f"{pick['rule']}:{p}"]
+        assert pick["repeat_spread"] == pytest.approx(max(pair) / min(pair) - 1)
     cost = r["xla_cost"]
     assert cost["flops"] > 0 and cost["bytes"] > 0 and cost["min_bytes"] > 0
     assert cost["conv_flops"] == 3 * 2 * (2 * 3 * 3 * 4) * 3 * 3  # 3 passes, ct (2, 3, 3, 4)
@@ -301,6 +310,7 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     )
     table = convs.render_conv_markdown(result)
     assert "| tiny b2 4->4 5x5 k3 s2 g4 |" in table and "rule fastest?" in table
+    assert "| = patches (picked) |" in table and "its own repeat timing" in table
     assert "tuned plan: fastest?" in table and "the tuned plan's" in table
     json.dumps(result)  # JSON-able
     from funcmod.tools.cli import main
