@@ -123,6 +123,7 @@ BRANCH_SHAPES = {
     "medium_image": ((8, 10, 10, 4), (3, 3, 4, 6), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
     # 90 * 36 = 3240
     "large_image": ((5, 10, 9, 6), (3, 2, 6, 4), (1, 1), ((1, 1), (1, 1)), (1, 2), 1),
+    "large_image_small_batch": ((3, 10, 9, 6), (3, 2, 6, 4), (1, 1), ((1, 1), (1, 1)), (1, 2), 1),
     # 80 * 45 = 3600
     "large_image_strided_small_batch": (
         (2, 19, 17, 5),
@@ -150,13 +151,15 @@ def test_every_branch_of_the_rule_has_a_shape():
         ((16, 224, 224, 3), (3, 3, 3, 16), 2, "few_taps_large_image"),  # MobileNetV3's stem
         ((2, 224, 224, 3), (3, 3, 3, 16), 2, "few_taps_large_image_small_batch"),
         ((32, 16, 16, 64), (3, 3, 64, 64), 1, "large_image"),  # ResNet-18's layer1 at 64x64
+        ((2, 56, 56, 64), (3, 3, 64, 64), 1, "large_image_small_batch"),  # at 224x224
         ((32, 8, 8, 128), (3, 3, 128, 128), 1, "medium_image"),  # layer2
         ((32, 4, 4, 256), (3, 3, 256, 256), 1, "many_channels"),  # layer3
     ],
 )
 def test_the_rule_on_real_layers(x_shape, k_shape, stride, branch):
     """Where real networks' layers land: the kernel gradient is chunked for every 3x3 and 7x7
-    layer of fewer than 256 channels, and for a few-tap one up to 32x32 outputs."""
+    layer of fewer than 256 channels but on large images at a small batch, and for a few-tap
+    one up to 32x32 outputs."""
     from funcmod.nn.conv_lowerings import ConvSpec
     from funcmod.nn.conv_rule import rule_branch
 

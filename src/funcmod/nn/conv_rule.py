@@ -27,11 +27,17 @@ contraction size (the patches matrix's width); the first that applies:
    kernel gradient, patches for the input gradient (the forward pass by chunks was 1.2-1.4x
    faster than patches on ResNet-18's two 8x8 layers at batch 32, in two grid runs; the
    input gradient by chunks, the transpose of a loop, was slower than patches);
-   ``large_image`` lax forward and for the input gradient, the kernel gradient chunked, except
-   that with a stride and a small batch (``large_image_strided_small_batch``) the input
-   gradient takes patches: lax's strided input gradient was 1.17-1.68x slower in all three
-   such rows of ResNet-18 at 224x224, batch 2 (the stem, layer2 and layer3's stride-2 3x3
-   convolutions; quiet machine).
+   ``large_image`` lax forward and for the input gradient, the kernel gradient chunked; at a
+   small batch the kernel gradient takes patches (``large_image_small_batch``), and with a
+   stride too the input gradient (``large_image_strided_small_batch``): lax's strided input
+   gradient was 1.17-1.68x slower in all three such rows of ResNet-18 at 224x224, batch 2 (the
+   stem, layer2 and layer3's stride-2 3x3 convolutions; quiet machine). At batch 2 one chunk
+   holds one such image, whose patches exceed the cache anyway, and the loop only costs:
+   patches' kernel gradient alone was 1.10-1.33x faster than chunked on ResNet-18's 224x224
+   stem, layer1 and layer2 (9 interleaved rounds), and in two grid runs the stem's 1.43x and
+   1.25x; at batch 8 chunked was 1.45-1.47x faster on layer1 and layer2, the stem 1.06x
+   slower. A whole ResNet-18 train step at 224x224, batch 2, measured the same either way
+   (569.9 against 566.6 ms with chunked, 9 interleaved rounds).
 
 The ``chunked`` kernel gradient is im2col and a matmul per chunk of images, each chunk's patches
 matrix at most ``conv_lowerings.CHUNK_PATCHES_ELEMENTS`` (2 MiB of float32; one image per chunk
@@ -93,9 +99,9 @@ MAX_DIRECT_TAPS = 32
 PATCHES_MAX_SPATIAL = 64
 # The largest output spatial size Ho * Wo that uses patches in every pass (small_image).
 KERNEL_PATCHES_MAX_SPATIAL = 16
-# A small batch: at most this many images. A few-tap convolution on a large image takes patches
-# for its kernel gradient at a small batch (lax at a larger one), and a strided one on a large
-# image patches for its input gradient.
+# A small batch: at most this many images. A convolution on a large image takes patches for
+# its kernel gradient at a small batch (a few-tap one lax at a larger one, any other chunked),
+# and a strided one patches for its input gradient.
 SMALL_BATCH = 4
 # The largest output (Ho * Wo positions) whose few-tap kernel gradient is chunked.
 FEW_TAPS_CHUNKED_MAX_SPATIAL = 1024
@@ -126,7 +132,8 @@ RULE_BRANCHES: dict[str, Plan] = {
     "small_image": _PATCHES,
     "medium_image": Plan("chunked", "patches", "chunked"),
     "large_image": Plan("lax", "lax", "chunked"),
-    "large_image_strided_small_batch": Plan("lax", "patches", "chunked"),
+    "large_image_small_batch": Plan("lax", "lax", "patches"),
+    "large_image_strided_small_batch": Plan("lax", "patches", "patches"),
 }
 
 
@@ -175,8 +182,12 @@ def rule_branch(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> str:
         return "small_image"
     if spatial <= PATCHES_MAX_SPATIAL:
         return "medium_image"
-    if small_batch and max(spec.strides) > 1:
-        return "large_image_strided_small_batch"
+    if small_batch:
+        return (
+            "large_image_strided_small_batch"
+            if max(spec.strides) > 1
+            else "large_image_small_batch"
+        )
     return "large_image"
 
 
