@@ -274,6 +274,7 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     plan and lax whole, torch; the markdown table and the JSON (structure only, never speed)."""
     from funcmod.nn.conv_rule import RULE_BRANCHES
     from funcmod.tools.bench import convs
+    from funcmod.tools.bench.convs_report import render_conv_markdown
 
     row = convs.ConvRow("tiny", 2, 4, 4, 5, 3, stride=2, groups=4)  # depthwise: 2 lowerings
     one_chunk = convs.ConvRow("tiny", 2, 4, 4, 5, 3)  # groups=1: chunked is patches here
@@ -308,7 +309,7 @@ def test_conv_bench_one_row_structure(tmp_path, capsys):
     assert r["torch_over_rule"] == pytest.approx(
         r["times"]["torch:fwd+bwd"] / r["times"]["rule:fwd+bwd"]
     )
-    table = convs.render_conv_markdown(result)
+    table = render_conv_markdown(result)
     assert "| tiny b2 4->4 5x5 k3 s2 g4 |" in table and "rule fastest?" in table
     assert "| = patches (picked) |" in table and "its own repeat timing" in table
     assert "tuned plan: fastest?" in table and "the tuned plan's" in table

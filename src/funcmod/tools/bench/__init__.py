@@ -34,6 +34,7 @@ The modules, each depending only on those above it in this list:
 * ``report``: markdown, the chart, ``write_results``;
 * ``convs``: the conv micro-benchmark (``funcmod bench --convs``), each lowering of
   ``funcmod.nn.conv`` against torch eager on ResNet-18 and MobileNetV3 shapes;
+* ``convs_report``: the conv micro-benchmark's markdown table and its verdicts;
 * ``corpus``: the ported corpus (``funcmod bench --corpus``), each ``funcmod.corpus`` model's
   jitted train step against torch eager and ``torch.compile``, compile times apart;
 * ``resnet``: a hand-written ResNet-18 (``funcmod bench --resnet``), ``funcmod.nn`` layers and

@@ -155,9 +155,9 @@ def _run_convs(args: argparse.Namespace, as_json: bool, outdir: str | None) -> i
     from funcmod.tools.bench.convs import (
         ConvBenchConfig,
         default_grid,
-        render_conv_markdown,
         run_conv_bench,
     )
+    from funcmod.tools.bench.convs_report import render_conv_markdown
 
     try:
         inputs = [tuple(int(v) for v in s.lower().split("x")) for s in args.conv_inputs or ()]
