@@ -89,8 +89,8 @@ BRANCH_CHUNK = 4096
 
 @pytest.fixture
 def chunk_bound(monkeypatch):
-    """Sets ``conv_lowerings.CHUNK_PATCHES_ELEMENTS`` (read by the rule and by ``chunked`` when
-    a function is traced) for one test."""
+    """Sets ``conv_lowerings.CHUNK_PATCHES_ELEMENTS`` (read by ``chunked`` when a function is
+    traced; the rule does not look at it) for one test."""
 
     def set_bound(elements):
         monkeypatch.setattr(conv_lowerings, "CHUNK_PATCHES_ELEMENTS", elements)
@@ -178,8 +178,7 @@ def test_each_branch_of_the_rule_matches_torch(branch, dtype, chunk_bound):
     spec, plan = conv_plan(x, k, strides, pads, None, dilation, NHWC, groups)
     assert plan == RULE_BRANCHES[branch], (branch, plan)
     if "chunked" in plan:  # the shape runs the loop: more than one chunk
-        per = conv_lowerings.images_per_chunk(x_shape, k_shape, spec)
-        assert per < x_shape[0], (branch, per)
+        assert conv_lowerings.chunk_splits_batch(x_shape, k_shape, spec), branch
     _check_against_torch(dtype, x_shape, k_shape, strides, pads, dilation, groups)
 
 

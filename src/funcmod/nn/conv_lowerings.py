@@ -41,6 +41,7 @@ __all__ = [
     "CHUNK_PATCHES_ELEMENTS",
     "NHWC",
     "ConvSpec",
+    "chunk_splits_batch",
     "chunked",
     "depthwise",
     "depthwise_input_grad",
@@ -251,6 +252,14 @@ def images_per_chunk(lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], spe
     batch = lhs_shape[0]
     fit = max(1, CHUNK_PATCHES_ELEMENTS // max(1, ho * wo * kh * kw * channels))
     return max(d for d in range(1, min(batch, fit) + 1) if batch % d == 0)
+
+
+def chunk_splits_batch(
+    lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], spec: ConvSpec
+) -> bool:
+    """Whether ``chunked`` loops over more than one chunk for these shapes; where it does not,
+    it is ``patches`` itself (the same program), so timing both measures one program twice."""
+    return images_per_chunk(lhs_shape, rhs_shape, spec) < lhs_shape[0]
 
 
 def chunked(x: jax.Array, kernel: jax.Array, spec: ConvSpec) -> jax.Array:

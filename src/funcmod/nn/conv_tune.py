@@ -49,7 +49,7 @@ import jaxlib
 import numpy as np
 
 from funcmod.nn.conv import Plan, conv_general_dilated, plan_source
-from funcmod.nn.conv_lowerings import NHWC, ConvSpec, images_per_chunk, output_size
+from funcmod.nn.conv_lowerings import NHWC, ConvSpec, chunk_splits_batch, output_size
 from funcmod.nn.conv_rule import LOWERINGS, MAX_DIRECT_TAPS, valid_lowerings
 from funcmod.timing import cpu_model, steps_per_measurement, time_interleaved
 
@@ -77,9 +77,8 @@ def candidate_lowerings(lhs_shape: Shape, rhs_shape: Shape, spec: ConvSpec) -> t
     unrolled loop compiles slowly beyond), chunked only where it splits the batch (else it is
     patches)."""
     kh, kw, c_group, _ = rhs_shape
-    splits = images_per_chunk(lhs_shape, rhs_shape, spec) < lhs_shape[0]
     skip = {"direct"} if kh * kw * c_group > MAX_DIRECT_TAPS else set()
-    if not splits:
+    if not chunk_splits_batch(lhs_shape, rhs_shape, spec):
         skip.add("chunked")
     return tuple(n for n in valid_lowerings(lhs_shape, rhs_shape, spec) if n not in skip)
 

@@ -173,7 +173,7 @@ def _jax_runs(
     accessed); and the lowerings left untimed because they are another's program here
     (``{'chunked': 'patches'}`` where one chunk holds the whole batch)."""
     from funcmod.nn.conv import Plan, conv_general_dilated, conv_plan
-    from funcmod.nn.conv_lowerings import images_per_chunk
+    from funcmod.nn.conv_lowerings import chunk_splits_batch
     from funcmod.nn.conv_rule import valid_lowerings
     from funcmod.nn.conv_tune import pass_functions
 
@@ -199,7 +199,7 @@ def _jax_runs(
     if taps > MAX_TIMED_DIRECT_TAPS:
         valid = tuple(name for name in valid if name != "direct")
     same = {}
-    if "chunked" in valid and images_per_chunk(x.shape, k.shape, spec) == x.shape[0]:
+    if "chunked" in valid and not chunk_splits_batch(x.shape, k.shape, spec):
         same["chunked"] = "patches"  # one chunk: chunked returns patches(x, k) itself
         valid = tuple(name for name in valid if name != "chunked")
     # Each pass alone, as funcmod.nn.conv_tune measures it, renamed 'lowering:fwd' and so on;
